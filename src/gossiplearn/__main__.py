@@ -1,0 +1,3 @@
+from gossiplearn.cli.main import main
+
+main()

@@ -1,0 +1,201 @@
+"""The ``gossiplearn`` command: parses arguments and calls ``gossiplearn.peer`` / ``.demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from gossiplearn import __version__
+from gossiplearn.errors import UserError
+
+HOME_HELP = "Peer home (default: $GOSSIPLEARN_HOME, else the user data dir)."
+
+
+def _fail(exc: UserError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gossiplearn")
+def cli() -> None:
+    """Learn one model across companies by gossip, with no central server."""
+
+
+@cli.command()
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+def init(home: Path | None) -> None:
+    """Create the peer's home: an Ed25519 identity (mode 0600) and a commented peer.toml."""
+    from gossiplearn.peer.app import init_home
+    from gossiplearn.peer.config import resolve_home
+
+    try:
+        result = init_home(resolve_home(home))
+    except UserError as exc:
+        _fail(exc)
+        return
+    key_note = "created" if result.created_key else "kept existing"
+    click.echo(f"home:    {result.home}")
+    click.echo(f"identity {key_note}: {result.home / 'identity.key'}")
+    if result.created_config:
+        click.echo(f"config:  {result.home / 'peer.toml'} (edit it, or pass flags to start)")
+    click.echo(f"peer id: {result.peer_id}")
+
+
+START_FLAGS: dict[str, str] = {
+    "listen": "network.listen",
+    "bootstrap": "network.bootstrap",
+    "dial_timeout": "network.dial_timeout",
+    "gossip_interval": "gossip.interval",
+    "exchange_timeout": "gossip.exchange_timeout",
+    "discovery_interval": "gossip.discovery_interval",
+    "learning_rate": "training.learning_rate",
+    "momentum": "training.momentum",
+    "batch_size": "training.batch_size",
+    "steps_per_second": "training.steps_per_second",
+    "max_steps": "training.max_steps",
+    "eval_interval": "training.eval_interval",
+    "threads": "training.threads",
+    "training": "training.enabled",
+    "task": "task.name",
+    "shard": "task.shard",
+    "partition": "task.partition",
+    "seed": "task.seed",
+    "validation_fraction": "task.validation_fraction",
+    "data": "task.data",
+    "target": "task.target",
+    "model": "task.model",
+}
+
+
+@cli.command()
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+@click.option("--listen", multiple=True, help="Multiaddr to listen on (repeatable); /tcp/0 = free port.")
+@click.option("--bootstrap", multiple=True, help="Member multiaddr ending in /p2p/<id> (repeatable).")
+@click.option("--dial-timeout", type=float, help="Seconds a dial may take.")
+@click.option("--gossip-interval", type=float, help="Mean seconds between exchanges we start.")
+@click.option("--exchange-timeout", type=float, help="Seconds before an exchange is abandoned.")
+@click.option("--discovery-interval", type=float, help="Seconds between peer-exchange requests.")
+@click.option("--learning-rate", type=float)
+@click.option("--momentum", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--steps-per-second", type=float, help="Pace of local SGD steps (0 = unlimited).")
+@click.option("--max-steps", type=int, help="Stop training after this many steps (0 = never).")
+@click.option("--eval-interval", type=float, help="Seconds between validation evaluations.")
+@click.option("--threads", type=int, help="Torch CPU threads.")
+@click.option("--training/--no-training", default=None, help="Train locally (default) or only average.")
+@click.option("--task", help="digits | tabular | package.module:function")
+@click.option("--shard", help="digits: this member's shard I/N.")
+@click.option("--partition", help="digits: iid | dirichlet:ALPHA.")
+@click.option("--seed", type=int, help="Data seed, the same on every member.")
+@click.option("--validation-fraction", type=float, help="Share of local data held out.")
+@click.option("--data", help="tabular: CSV file.")
+@click.option("--target", help="tabular: class-label column.")
+@click.option("--model", help="tabular: logistic | mlp.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def start(home: Path | None, log_level: str, **flags: Any) -> None:
+    """Run this company's peer in the foreground until Ctrl-C or SIGTERM."""
+    from gossiplearn.peer.app import run_peer
+    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.node import Node
+
+    _setup_logging(log_level)
+    overrides = {START_FLAGS[k]: v for k, v in flags.items() if v not in (None, ())}
+    resolved = resolve_home(home)
+
+    def ready(node: Node) -> None:
+        click.echo(f"peer {node.peer_id} listening on:")
+        for addr in node.transport.addrs():
+            click.echo(f"  {addr}")
+        click.echo(f"status: gossiplearn status --home {resolved}", nl=True)
+        sys.stdout.flush()
+
+    try:
+        trio.run(lambda: run_peer(resolved, overrides, on_ready=ready))
+    except UserError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@cli.command()
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--watch", is_flag=True, help="Refresh live until Ctrl-C.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="--watch refresh (s).")
+def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Show the running peer's convergence: accuracy, loss, consensus distance, exchanges."""
+    from gossiplearn.cli.render import render_status
+    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.status import fetch_status
+
+    resolved = resolve_home(home)
+
+    def fetch() -> dict[str, Any]:
+        return trio.run(fetch_status, resolved)
+
+    try:
+        if not watch:
+            data = fetch()
+            if as_json:
+                click.echo(json.dumps(data, indent=2))
+            else:
+                from rich.console import Console
+
+                Console().print(render_status(data))
+            return
+        from rich.live import Live
+
+        with Live(render_status(fetch()), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                data = fetch()
+                if as_json:
+                    live.console.print_json(json.dumps(data))
+                else:
+                    live.update(render_status(data))
+    except UserError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--peers", type=click.IntRange(2, 64), default=6, show_default=True)
+@click.option("--seconds", type=click.FloatRange(5, 3600), default=60.0, show_default=True,
+              help="How long the peers gossip and train.")
+@click.option("--partition", default="dirichlet:0.5", show_default=True, help="iid | dirichlet:ALPHA")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the peers' homes and logs afterwards.")
+def demo(peers: int, seconds: float, partition: str, seed: int, keep: bool) -> None:
+    """Run a local consortium on the bundled digits data and show it converge."""
+    from gossiplearn.demo.runner import DemoSettings, run_demo
+
+    try:
+        run_demo(DemoSettings(peers=peers, seconds=seconds, partition=partition, seed=seed,
+                              keep=keep))
+    except UserError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def main() -> None:
+    cli()

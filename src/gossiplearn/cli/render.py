@@ -1,0 +1,106 @@
+"""Human-readable rendering of a peer's status (``gossiplearn status``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _ago(t: float | None, now: float) -> str:
+    if t is None:
+        return "never"
+    s = max(0.0, now - t)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _trend(delta: float | None, higher_is_better: bool) -> str:
+    if delta is None or abs(delta) < 1e-4:
+        return "→"
+    up = delta > 0
+    arrow = "↑" if up else "↓"
+    good = up == higher_is_better
+    return f"[{'green' if good else 'red'}]{arrow} {abs(delta):.4f}[/]"
+
+
+def render_status(s: dict[str, Any]) -> Group:
+    now = time.time()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("peer", s["peer_id"])
+    for i, addr in enumerate(s.get("addrs", [])):
+        head.add_row("addrs" if i == 0 else "", addr)
+    head.add_row("uptime", _duration(s.get("uptime", 0.0)))
+    if s.get("task"):
+        head.add_row("task", f"{s['task']} ({s.get('samples', 0)} local training samples)")
+    m = s["metrics"]
+    trend = m.get("trend", {})
+    head.add_row(
+        "accuracy",
+        f"{_pct(m.get('accuracy'))}  {_trend(trend.get('accuracy'), True)}  (local validation)",
+    )
+    head.add_row("loss", f"{_num(m.get('loss'))}  {_trend(trend.get('loss'), False)}")
+    cd = s.get("consensus_distance")
+    cd10 = s.get("consensus_distance_mean10")
+    head.add_row("consensus", f"{_num(cd)} last, {_num(cd10)} mean of last 10 (‖ours−theirs‖/‖ours‖)")
+    t = s["training"]
+    head.add_row(
+        "training",
+        f"{t['steps']} steps, {t['samples_seen']} samples"
+        + ("" if t.get("enabled", True) else " (training off: averaging only)"),
+    )
+    e = s["exchanges"]
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(e.get("refused_by_reason", {}).items()))
+    head.add_row(
+        "exchanges",
+        f"{e['completed']} completed, {e['declined']} declined, {e['failed']} failed, "
+        f"{e['refused']} refused" + (f" ({refused})" if refused else "")
+        + f"; we declined {e.get('declined_inbound', 0)} while busy",
+    )
+    head.add_row("traffic", f"{_bytes(s['bytes_sent'])} sent, {_bytes(s['bytes_received'])} received")
+
+    nb = Table(title=f"neighbours ({len(s['neighbours'])})", title_justify="left")
+    for col in ("peer", "last exchange", "exchanges", "their accuracy", "distance", "state"):
+        nb.add_column(col)
+    for n in s["neighbours"]:
+        pid = n["peer_id"]
+        state = "connected" if n.get("connected") else "known"
+        if n.get("failures"):
+            state = f"{n['failures']} failures, retry in {n.get('backoff_s', 0):.0f}s"
+        nb.add_row(
+            f"…{pid[-12:]}",
+            _ago(n.get("last_exchange"), now),
+            str(n.get("exchanges", 0)),
+            _pct(n.get("accuracy")),
+            _num(n.get("consensus_distance")),
+            state,
+        )
+    return Group(head, Text(""), nb)

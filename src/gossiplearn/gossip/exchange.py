@@ -1,0 +1,171 @@
+"""The exchange protocol as a pure state machine (one object per exchange, h11-style).
+
+An exchange between an initiator I and a responder R on one stream:
+
+    I → R  Propose(fingerprint, samples, model_bytes)
+    R → I  Accept | Decline(reason)
+    I ⇄ R  ModelOffer (both send, concurrently, after Accept)
+
+Both then merge with ``alpha = w_remote / (w_local + w_remote)`` (see ``merge``). The objects
+below decide what to send and whether what arrived is acceptable; the driver in
+``gossiplearn.peer`` moves the bytes. They never block, sleep or read a clock.
+
+Errors: a remote that breaks the protocol raises ``RemoteProtocolError`` (the exchange is then
+dead); driving the object in a wrong order raises ``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
+from gossiplearn.gossip.merge import merge_weight
+from gossiplearn.gossip.messages import (
+    Accept,
+    Decline,
+    Message,
+    ModelOffer,
+    Propose,
+    TensorSpec,
+    fingerprint,
+)
+
+
+class Refused(RemoteProtocolError):
+    """The remote's model cannot be merged with ours; ``reason`` is a short stable key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """What the exchange needs to know about our own model (not its values)."""
+
+    specs: Mapping[str, TensorSpec]
+    samples: int
+    model_bytes: int  # upper bound on our encoded ModelOffer, in bytes
+
+    @property
+    def fingerprint(self) -> bytes:
+        return fingerprint(self.specs.values())
+
+    @staticmethod
+    def of(specs: list[TensorSpec], samples: int, model_bytes: int) -> LocalModel:
+        return LocalModel({s.name: s for s in specs}, samples, model_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Outcome of a completed exchange: add ``alpha * (offer - our snapshot)`` to our model."""
+
+    offer: ModelOffer
+    alpha: float
+
+
+def check_offer(offer: ModelOffer, local: LocalModel) -> None:
+    """Raise ``Refused`` unless ``offer`` has exactly our tensors, all finite."""
+    if offer.fingerprint != local.fingerprint:
+        raise Refused("incompatible", "model fingerprint differs from ours")
+    if offer.tensors.keys() != local.specs.keys():
+        missing = sorted(local.specs.keys() - offer.tensors.keys())[:3]
+        extra = sorted(offer.tensors.keys() - local.specs.keys())[:3]
+        raise Refused("incompatible", f"tensor names differ (missing {missing}, extra {extra})")
+    for name, arr in offer.tensors.items():
+        spec = local.specs[name]
+        if tuple(arr.shape) != spec.shape or arr.dtype.name != spec.dtype:
+            raise Refused(
+                "incompatible",
+                f"tensor {name!r} is {arr.dtype.name}{list(arr.shape)}, "
+                f"ours is {spec.dtype}{list(spec.shape)}",
+            )
+        if not np.isfinite(arr).all():
+            raise Refused("non-finite", f"tensor {name!r} holds NaN or Inf")
+
+
+class Phase(enum.Enum):
+    PROPOSED = "proposed"  # initiator: waiting for Accept/Decline
+    AWAITING_MODEL = "awaiting-model"  # both: waiting for the remote's ModelOffer
+    IDLE = "idle"  # responder: waiting for Propose
+    DONE = "done"
+    DECLINED = "declined"
+
+
+class InitiatorExchange:
+    """Our side of an exchange we started."""
+
+    def __init__(self, local: LocalModel) -> None:
+        self.local = local
+        self.phase = Phase.PROPOSED
+        self.decline: Decline | None = None
+
+    def propose(self) -> Propose:
+        return Propose(self.local.fingerprint, self.local.samples, self.local.model_bytes)
+
+    def receive(self, msg: Message) -> Merge | None:
+        """Feed one message. Returns a ``Merge`` when the exchange completes, else None.
+
+        After ``Accept`` the caller sends its ``ModelOffer`` and awaits the remote's; after
+        ``Decline`` the exchange is over (``phase`` is DECLINED, ``decline`` says why).
+        """
+        if self.phase is Phase.PROPOSED:
+            if isinstance(msg, Accept):
+                self.phase = Phase.AWAITING_MODEL
+                return None
+            if isinstance(msg, Decline):
+                self.phase = Phase.DECLINED
+                self.decline = msg
+                return None
+            raise RemoteProtocolError(f"expected accept or decline, got {type(msg).__name__}")
+        if self.phase is Phase.AWAITING_MODEL:
+            if not isinstance(msg, ModelOffer):
+                raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
+            check_offer(msg, self.local)
+            self.phase = Phase.DONE
+            return Merge(msg, merge_weight(self.local.samples, msg.samples))
+        raise LocalProtocolError(f"exchange already {self.phase.value}")
+
+
+class ResponderExchange:
+    """Our side of an exchange a remote started."""
+
+    def __init__(self, local: LocalModel, *, max_model_bytes: int) -> None:
+        self.local = local
+        self.max_model_bytes = max_model_bytes
+        self.phase = Phase.IDLE
+
+    def receive_propose(self, msg: Message, *, busy: bool, closing: bool = False) -> Accept | Decline:
+        """Answer a proposal. ``busy``: we are in another exchange right now."""
+        if self.phase is not Phase.IDLE:
+            raise LocalProtocolError(f"proposal already answered ({self.phase.value})")
+        if not isinstance(msg, Propose):
+            raise RemoteProtocolError(f"expected a proposal, got {type(msg).__name__}")
+        answer: Accept | Decline
+        if closing:
+            answer = Decline("closing")
+        elif msg.fingerprint != self.local.fingerprint:
+            answer = Decline("incompatible", "model fingerprint differs (names, shapes or dtypes)")
+        elif msg.model_bytes > self.max_model_bytes:
+            answer = Decline("incompatible", f"model of {msg.model_bytes} bytes is too large")
+        elif busy:
+            answer = Decline("busy")
+        else:
+            answer = Accept()
+        self.phase = Phase.AWAITING_MODEL if isinstance(answer, Accept) else Phase.DECLINED
+        return answer
+
+    def receive(self, msg: Message) -> Merge:
+        """Feed the remote's ``ModelOffer``; returns the ``Merge`` to apply."""
+        if self.phase is not Phase.AWAITING_MODEL:
+            raise LocalProtocolError(f"not awaiting a model ({self.phase.value})")
+        if not isinstance(msg, ModelOffer):
+            raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
+        check_offer(msg, self.local)
+        self.phase = Phase.DONE
+        return Merge(msg, merge_weight(self.local.samples, msg.samples))

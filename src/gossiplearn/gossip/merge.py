@@ -1,0 +1,71 @@
+"""Merge rules: the sample-weighted average of two models, applied as a delta.
+
+Push-pull gossip averaging (Kempe et al. 2003; for learning, Ormándi et al. 2013) keeps the
+sample-weighted sum of all models constant when both parties of an exchange adopt
+``(w_a x_a + w_b x_b) / (w_a + w_b)``: ``w_a m + w_b m = w_a x_a + w_b x_b``.
+
+A peer keeps training while an exchange is in flight, so it does not overwrite its model with the
+average of the *snapshot* it sent; it adds ``alpha * (theirs - snapshot)`` to whatever its model is
+now, with ``alpha = w_b / (w_a + w_b)``. With training paused this is exactly the average; with
+training on, the steps taken during the exchange are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+Tensors = Mapping[str, np.ndarray]
+
+
+def merge_weight(own_samples: int, their_samples: int) -> float:
+    """Fraction of the remote model in the average (0.5 when neither side has samples)."""
+    total = own_samples + their_samples
+    if total <= 0:
+        return 0.5
+    return their_samples / total
+
+
+def merge_delta(snapshot: Tensors, theirs: Tensors, alpha: float) -> dict[str, np.ndarray]:
+    """``alpha * (theirs - snapshot)`` per tensor, in the snapshot's dtype.
+
+    ``theirs`` must have the snapshot's names and shapes (checked by the exchange beforehand).
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, mine in snapshot.items():
+        other = theirs[name]
+        diff = other.astype(np.float64, copy=False) - mine.astype(np.float64, copy=False)
+        out[name] = (alpha * diff).astype(mine.dtype, copy=False)
+    return out
+
+
+def weighted_average(a: Tensors, wa: int, b: Tensors, wb: int) -> dict[str, np.ndarray]:
+    """The merge result when no training happens in between: ``a + merge_delta(a, b, ...)``."""
+    alpha = merge_weight(wa, wb)
+    delta = merge_delta(a, b, alpha)
+    return {k: (a[k] + delta[k]).astype(a[k].dtype, copy=False) for k in a}
+
+
+def norm(tensors: Tensors) -> float:
+    """Euclidean norm over all tensors together."""
+    total = 0.0
+    for arr in tensors.values():
+        flat = arr.astype(np.float64, copy=False).ravel()
+        total += float(np.dot(flat, flat))
+    return math.sqrt(total)
+
+
+def consensus_distance(ours: Tensors, theirs: Tensors) -> float:
+    """``||ours - theirs|| / ||ours||`` over all tensors (``inf`` if ours is all zero)."""
+    diff = 0.0
+    for name, mine in ours.items():
+        d = theirs[name].astype(np.float64, copy=False).ravel() - mine.astype(
+            np.float64, copy=False
+        ).ravel()
+        diff += float(np.dot(d, d))
+    base = norm(ours)
+    if base == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return math.sqrt(diff) / base

@@ -1,0 +1,337 @@
+"""Wire messages and their msgpack codec (docs/protocol.md is the normative description).
+
+Invariants:
+- ``decode`` raises ``DecodeError`` and nothing else, whatever the bytes.
+- Every size is checked against ``Limits`` before anything proportional to it is built: the
+  msgpack reader is bounded by the limits, and each tensor's byte length must equal
+  ``prod(shape) * itemsize`` of its declared dtype before an array view is made.
+- Nothing here is pickled, evaluated or imported from the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from gossiplearn.errors import DecodeError
+
+PROTOCOL_VERSION = 1
+
+# Wire dtype names and the little-endian numpy types they map to. Only floating-point tensors
+# are exchanged: they are the ones that can be averaged.
+WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds applied while decoding one frame. All sizes in bytes unless stated."""
+
+    max_frame: int = 1 << 20
+    max_tensors: int = 4096
+    max_ndim: int = 8
+    max_name: int = 256
+    max_peers: int = 256
+    max_addrs: int = 16
+    max_text: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """The identity of one exchanged tensor: what a fingerprint is made of."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def fingerprint(specs: Iterable[TensorSpec]) -> bytes:
+    """SHA-256 over the sorted (name, dtype, shape) triples: equal iff the models are compatible."""
+    canon = sorted((s.name, s.dtype, list(s.shape)) for s in specs)
+    return hashlib.sha256(msgpack.packb(canon, use_bin_type=True)).digest()
+
+
+def specs_of(tensors: Mapping[str, np.ndarray]) -> list[TensorSpec]:
+    """Tensor specs of a name → array mapping (dtype by wire name)."""
+    out = []
+    for name, arr in tensors.items():
+        out.append(TensorSpec(name, _wire_name(arr.dtype), tuple(int(d) for d in arr.shape)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """Initiator → responder: "may we exchange?" Small, so a busy peer declines cheaply."""
+
+    fingerprint: bytes
+    samples: int
+    model_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Responder → initiator: the exchange goes ahead; both now send a ``ModelOffer``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decline:
+    """Responder → initiator: no exchange now. ``reason`` is one of ``DECLINE_REASONS``."""
+
+    reason: str
+    detail: str = ""
+
+
+DECLINE_REASONS = frozenset({"busy", "incompatible", "closing"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOffer:
+    """A peer's parameters, as sent in one exchange."""
+
+    fingerprint: bytes
+    samples: int  # weight of this model in the average: the sender's training samples
+    steps: int  # training steps the sender has taken (informational)
+    accuracy: float | None  # sender's latest local validation accuracy, if any
+    loss: float | None
+    tensors: Mapping[str, np.ndarray] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A peer's ID and the multiaddrs (as text) it can be dialled on."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeersRequest:
+    """Ask a peer for the peers it knows; ``sender`` tells it how to reach us."""
+
+    sender: PeerRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PeersReply:
+    """The peers a peer knows (its own record included)."""
+
+    peers: tuple[PeerRecord, ...]
+
+
+Message = Propose | Accept | Decline | ModelOffer | PeersRequest | PeersReply
+
+
+# ---------------------------------------------------------------------------------- encoding
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise one message to a msgpack body (without the length prefix)."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION}
+    match msg:
+        case Propose():
+            body |= {"t": "propose", "fp": msg.fingerprint, "n": msg.samples, "mb": msg.model_bytes}
+        case Accept():
+            body |= {"t": "accept"}
+        case Decline():
+            body |= {"t": "decline", "reason": msg.reason, "detail": msg.detail}
+        case ModelOffer():
+            body |= {
+                "t": "model",
+                "fp": msg.fingerprint,
+                "n": msg.samples,
+                "steps": msg.steps,
+                "acc": msg.accuracy,
+                "loss": msg.loss,
+                "tensors": [_encode_tensor(k, v) for k, v in msg.tensors.items()],
+            }
+        case PeersRequest():
+            body |= {"t": "peers?", "sender": _encode_peer(msg.sender)}
+        case PeersReply():
+            body |= {"t": "peers", "peers": [_encode_peer(p) for p in msg.peers]}
+        case _:  # pragma: no cover - exhaustive over Message
+            raise TypeError(f"not a message: {msg!r}")
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _wire_name(dtype: np.dtype[Any]) -> str:
+    for name, dt in WIRE_DTYPES.items():
+        if np.dtype(dtype).newbyteorder("<") == dt and dtype.kind == "f":
+            return name
+    raise TypeError(f"dtype {dtype} cannot be exchanged (only {', '.join(WIRE_DTYPES)})")
+
+
+def _encode_tensor(name: str, arr: np.ndarray) -> list[Any]:
+    wire = _wire_name(arr.dtype)
+    data = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[wire]).tobytes()
+    return [name, wire, [int(d) for d in arr.shape], data]
+
+
+def _encode_peer(p: PeerRecord) -> list[Any]:
+    return [p.peer_id, list(p.addrs)]
+
+
+def encoded_model_size(tensors: Mapping[str, np.ndarray]) -> int:
+    """An upper bound on the encoded size of a ``ModelOffer`` carrying ``tensors``, in bytes."""
+    overhead = 256 + sum(64 + len(k.encode()) + 9 * arr.ndim for k, arr in tensors.items())
+    return overhead + sum(int(arr.nbytes) for arr in tensors.values())
+
+
+# ---------------------------------------------------------------------------------- decoding
+
+
+def decode(frame: bytes, *, limits: Limits) -> Message:
+    """Parse one frame body. Raises ``DecodeError``, and only ``DecodeError``, on anything invalid."""
+    if len(frame) > limits.max_frame:
+        raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
+    try:
+        body = msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=limits.max_frame,
+            max_str_len=max(limits.max_text, limits.max_name),
+            max_array_len=max(limits.max_tensors, limits.max_peers, limits.max_addrs, 4),
+            max_map_len=16,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types; all mean "invalid"
+        raise DecodeError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
+    try:
+        return _decode_body(body, limits)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - defence in depth: nothing but DecodeError leaves
+        raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_body(body: Any, limits: Limits) -> Message:
+    if not isinstance(body, dict):
+        raise DecodeError("message is not a map")
+    version = body.get("v")
+    if version != PROTOCOL_VERSION:
+        raise DecodeError(f"unsupported protocol version {version!r} (we speak {PROTOCOL_VERSION})")
+    kind = body.get("t")
+    if kind == "propose":
+        return Propose(
+            fingerprint=_get(body, "fp", bytes),
+            samples=_count(body, "n"),
+            model_bytes=_count(body, "mb"),
+        )
+    if kind == "accept":
+        return Accept()
+    if kind == "decline":
+        reason = _get(body, "reason", str)
+        if reason not in DECLINE_REASONS:
+            raise DecodeError(f"unknown decline reason {reason!r}")
+        return Decline(reason=reason, detail=_text(body, "detail", limits))
+    if kind == "model":
+        raw = _get(body, "tensors", list)
+        if len(raw) > limits.max_tensors:
+            raise DecodeError(f"{len(raw)} tensors exceed the limit of {limits.max_tensors}")
+        tensors: dict[str, np.ndarray] = {}
+        for item in raw:
+            name, arr = _decode_tensor(item, limits)
+            if name in tensors:
+                raise DecodeError(f"tensor {name!r} appears twice")
+            tensors[name] = arr
+        return ModelOffer(
+            fingerprint=_get(body, "fp", bytes),
+            samples=_count(body, "n"),
+            steps=_count(body, "steps"),
+            accuracy=_opt_float(body, "acc"),
+            loss=_opt_float(body, "loss"),
+            tensors=tensors,
+        )
+    if kind == "peers?":
+        return PeersRequest(sender=_decode_peer(body.get("sender"), limits))
+    if kind == "peers":
+        raw_peers = _get(body, "peers", list)
+        if len(raw_peers) > limits.max_peers:
+            raise DecodeError(f"{len(raw_peers)} peers exceed the limit of {limits.max_peers}")
+        return PeersReply(peers=tuple(_decode_peer(p, limits) for p in raw_peers))
+    raise DecodeError(f"unknown message type {kind!r}")
+
+
+def _get(body: dict[str, Any], key: str, typ: type) -> Any:
+    value = body.get(key)
+    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+        raise DecodeError(f"field {key!r} must be {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _count(body: dict[str, Any], key: str) -> int:
+    value = _get(body, key, int)
+    if value < 0:
+        raise DecodeError(f"field {key!r} must not be negative")
+    return int(value)
+
+
+def _text(body: dict[str, Any], key: str, limits: Limits) -> str:
+    value = _get(body, key, str)
+    if len(value) > limits.max_text:
+        raise DecodeError(f"field {key!r} longer than {limits.max_text} characters")
+    return str(value)
+
+
+def _opt_float(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DecodeError(f"field {key!r} must be a number or nil")
+    value = float(value)
+    if not math.isfinite(value):
+        raise DecodeError(f"field {key!r} must be finite")
+    return value
+
+
+def _decode_tensor(item: Any, limits: Limits) -> tuple[str, np.ndarray]:
+    if not isinstance(item, list) or len(item) != 4:
+        raise DecodeError("a tensor must be [name, dtype, shape, data]")
+    name, wire, shape, data = item
+    if not isinstance(name, str) or not 0 < len(name) <= limits.max_name:
+        raise DecodeError("tensor name must be a non-empty string within the length limit")
+    if not isinstance(wire, str) or wire not in WIRE_DTYPES:
+        raise DecodeError(f"tensor {name!r}: unsupported dtype {wire!r}")
+    if not isinstance(shape, list) or len(shape) > limits.max_ndim:
+        raise DecodeError(f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} dims")
+    count = 1
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise DecodeError(f"tensor {name!r}: bad dimension {dim!r}")
+        count *= dim
+        if count > limits.max_frame:  # also guards the multiplication against huge values
+            raise DecodeError(f"tensor {name!r}: shape {shape} too large")
+    if not isinstance(data, bytes):
+        raise DecodeError(f"tensor {name!r}: data must be bytes")
+    dtype = WIRE_DTYPES[wire]
+    if len(data) != count * dtype.itemsize:
+        raise DecodeError(
+            f"tensor {name!r}: {len(data)} bytes of data for shape {shape} of {wire} "
+            f"(expected {count * dtype.itemsize})"
+        )
+    return name, np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _decode_peer(item: Any, limits: Limits) -> PeerRecord:
+    if not isinstance(item, list) or len(item) != 2:
+        raise DecodeError("a peer record must be [peer_id, addrs]")
+    peer_id, addrs = item
+    if not isinstance(peer_id, str) or not 0 < len(peer_id) <= limits.max_name:
+        raise DecodeError("peer id must be a non-empty string")
+    if not isinstance(addrs, list) or len(addrs) > limits.max_addrs:
+        raise DecodeError(f"peer {peer_id}: addrs must be a list of at most {limits.max_addrs}")
+    for a in addrs:
+        if not isinstance(a, str) or not 0 < len(a) <= limits.max_name:
+            raise DecodeError(f"peer {peer_id}: bad address {a!r}")
+    return PeerRecord(peer_id=peer_id, addrs=tuple(addrs))

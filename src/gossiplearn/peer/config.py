@@ -1,0 +1,250 @@
+"""Peer configuration: the peer's home, ``peer.toml``, and command-line overrides.
+
+Precedence: command-line flag > peer.toml > built-in default. Every key of peer.toml can be given
+as a flag, and every flag has a key. Validation errors are ``UserError``s that name the key (and
+the file), the bad value, and what is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from gossiplearn.errors import UserError
+
+CONFIG_FILE_NAME = "peer.toml"
+HOME_ENV = "GOSSIPLEARN_HOME"
+
+
+def resolve_home(home: str | os.PathLike[str] | None) -> Path:
+    """``--home``, else ``$GOSSIPLEARN_HOME``, else the platform's user data directory."""
+    if home:
+        return Path(home).expanduser().resolve()
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("gossiplearn", appauthor=False))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/7701",)
+    bootstrap: tuple[str, ...] = ()
+    dial_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    interval: float = 1.0
+    exchange_timeout: float = 60.0
+    discovery_interval: float = 5.0
+    attempts: int = 3  # neighbours tried per round when they decline
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    steps_per_second: float = 20.0
+    max_steps: int = 0
+    eval_interval: float = 2.0
+    threads: int = 1
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "digits"
+    shard: str = "1/1"
+    partition: str = "iid"
+    seed: int = 0
+    validation_fraction: float = 0.2
+    params: Mapping[str, Any] = field(default_factory=dict)  # every other [task] key
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "network": NetworkConfig,
+    "gossip": GossipConfig,
+    "training": TrainingConfig,
+    "task": TaskConfig,
+}
+
+# Checks beyond the type: (predicate, description of what is accepted).
+_RULES: dict[str, tuple[Any, str]] = {
+    "gossip.interval": (lambda v: v > 0, "a number of seconds > 0"),
+    "gossip.exchange_timeout": (lambda v: v > 0, "a number of seconds > 0"),
+    "gossip.discovery_interval": (lambda v: v > 0, "a number of seconds > 0"),
+    "gossip.attempts": (lambda v: v >= 1, "an integer >= 1"),
+    "network.dial_timeout": (lambda v: v > 0, "a number of seconds > 0"),
+    "network.listen": (lambda v: len(v) >= 1, "at least one multiaddr"),
+    "training.learning_rate": (lambda v: v > 0, "a number > 0"),
+    "training.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "training.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "training.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "training.steps_per_second": (lambda v: v >= 0, "a number >= 0 (0 = unlimited)"),
+    "training.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = unlimited)"),
+    "training.eval_interval": (lambda v: v > 0, "a number of seconds > 0"),
+    "training.threads": (lambda v: v >= 1, "an integer >= 1"),
+    "task.validation_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    """Check ``value`` against the type of ``default``; ints are accepted for floats."""
+    bad = UserError(f"{where}: {key} = {value!r} is not valid: expected {_kind(default)}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return tuple(value)
+    return value
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, tuple):
+        return "a list of strings"
+    return "a table"
+
+
+def build_config(data: Mapping[str, Any], where: str, base: PeerConfig | None = None) -> PeerConfig:
+    """Apply a nested mapping (as parsed from TOML) on top of ``base`` (default: defaults)."""
+    cfg = base or PeerConfig()
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise UserError(
+                f"{where}: unknown section [{section}]; known: {', '.join(f'[{s}]' for s in SECTIONS)}"
+            )
+        if not isinstance(values, Mapping):
+            raise UserError(f"{where}: [{section}] must be a table")
+        current = getattr(cfg, section)
+        known = {f.name for f in fields(current)} - {"params"}
+        updates: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in known:
+                updates[key] = _coerce(f"{section}.{key}", value, getattr(current, key), where)
+                rule = _RULES.get(f"{section}.{key}")
+                if rule and not rule[0](updates[key]):
+                    raise UserError(
+                        f"{where}: {section}.{key} = {value!r} is not valid: expected {rule[1]}"
+                    )
+            elif section == "task":
+                extra[key] = value
+            else:
+                raise UserError(
+                    f"{where}: unknown key {key!r} in [{section}]; known: {', '.join(sorted(known))}"
+                )
+        if extra:
+            updates["params"] = {**current.params, **extra}
+        cfg = replace(cfg, **{section: replace(current, **updates)})
+    return cfg
+
+
+def load_config_file(path: Path) -> PeerConfig:
+    """Read peer.toml (defaults if it does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return PeerConfig()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path} is not valid TOML: {exc}") from None
+    return build_config(data, str(path))
+
+
+def with_overrides(cfg: PeerConfig, overrides: Mapping[str, Any]) -> PeerConfig:
+    """Apply dotted-key overrides from flags (``{"gossip.interval": 0.5}``); None is ignored."""
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is None or value == ():
+            continue
+        section, _, key = dotted.partition(".")
+        nested.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
+    return build_config(nested, "command line", cfg)
+
+
+DEFAULT_CONFIG_TEXT = """\
+# gossiplearn peer configuration. Every key can also be given as a flag to
+# `gossiplearn start` (flags win); see README.md, "Configuration reference".
+
+[network]
+# Multiaddrs to listen on. Port 7701 on every interface; use /tcp/0 for a free port.
+listen = ["/ip4/0.0.0.0/tcp/7701"]
+# Members to join through, each ending in /p2p/<peer id> (printed by their `gossiplearn start`).
+bootstrap = []
+dial_timeout = 10.0          # seconds
+
+[gossip]
+interval = 1.0               # mean seconds between exchanges we start (jittered ±50%)
+exchange_timeout = 60.0      # seconds before an exchange in flight is abandoned
+discovery_interval = 5.0     # seconds between peer-exchange requests
+attempts = 3                 # neighbours tried per round when they are busy
+
+[training]
+learning_rate = 0.05
+momentum = 0.9
+weight_decay = 0.0
+batch_size = 32
+steps_per_second = 20.0      # pace of local SGD steps; 0 = as fast as the CPU allows
+max_steps = 0                # stop training after this many steps (0 = never); gossip goes on
+eval_interval = 2.0          # seconds between validation evaluations
+threads = 1                  # torch CPU threads for training
+enabled = true               # false: only average (no local training)
+
+[task]
+name = "digits"              # digits | tabular | package.module:function
+shard = "1/1"                # digits: this member's shard I/N
+partition = "iid"            # digits: iid | dirichlet:ALPHA
+seed = 0                     # same seed on every member: shards are then disjoint
+validation_fraction = 0.2    # share of local data held out for validation
+# For --task tabular (every member must use the same columns and classes):
+# data = "/path/to/our_data.csv"
+# target = "label"
+# columns = ["age", "income", "tenure"]
+# classes = ["churn", "stay"]
+# model = "logistic"         # logistic | mlp
+"""

@@ -1,0 +1,57 @@
+"""Messages over a ``Stream``: length-prefixed msgpack frames, read under explicit limits.
+
+``FramedStream.receive`` raises ``DecodeError`` for a bad frame (or one over the limit),
+``TransportError`` if the stream breaks or ends mid-frame, and ``EOFError`` at a clean end of
+stream between frames. It never buffers more than the frame limit in force.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from gossiplearn.errors import TransportError
+from gossiplearn.gossip.framing import FrameDecoder, frame_header
+from gossiplearn.gossip.messages import Limits, Message, decode, encode
+from gossiplearn.peer.transport import Stream
+
+WRITE_CHUNK = 1 << 20  # 1 MiB writes: measured faster than 64 KiB on Noise + yamux
+READ_CHUNK = 1 << 20
+THREAD_THRESHOLD = 1 << 20  # encode/decode bodies above this size off the event loop
+
+
+class FramedStream:
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder(max_frame=0)
+        self._frames: list[bytes] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    async def send(self, msg: Message) -> None:
+        body = encode(msg)
+        await self.send_body(body)
+
+    async def send_body(self, body: bytes) -> None:
+        await self.stream.write(frame_header(len(body)))
+        view = memoryview(body)
+        for start in range(0, len(body), WRITE_CHUNK):
+            await self.stream.write(bytes(view[start : start + WRITE_CHUNK]))
+        self.bytes_sent += 4 + len(body)
+
+    async def receive_body(self, max_frame: int) -> bytes:
+        self._decoder.set_max_frame(max_frame)
+        while not self._frames:
+            data = await self.stream.read(min(READ_CHUNK, max(self._decoder.wanted(), 1)))
+            if not data:
+                if self._decoder.buffered:
+                    raise TransportError("stream ended in the middle of a frame")
+                raise EOFError("stream ended")
+            self.bytes_received += len(data)
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+    async def receive(self, limits: Limits) -> Message:
+        body = await self.receive_body(limits.max_frame)
+        if len(body) > THREAD_THRESHOLD:
+            return await trio.to_thread.run_sync(lambda: decode(body, limits=limits))
+        return decode(body, limits=limits)

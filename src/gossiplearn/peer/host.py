@@ -1,0 +1,229 @@
+"""The libp2p transport: the only module that imports libp2p.
+
+The host is built with Noise (XX, Ed25519 identities) as its only security protocol and yamux
+as its only muxer: py-libp2p's default host also offers plaintext, which lets a dialer claim any
+peer ID (see docs/libp2p-notes.md). libp2p and multiaddr exceptions are translated to
+``TransportError`` here, once. Stream handlers run behind a boundary that catches everything but
+cancellation, because an exception escaping a py-libp2p stream handler takes the whole host down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.address_validation import expand_wildcard_address
+
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.errors import TransportError, UserError
+from gossiplearn.peer.transport import Handler, Stream
+
+log = logging.getLogger(__name__)
+
+ADDR_TTL = 3600  # seconds a learnt address stays in libp2p's peerstore
+
+
+def _quiet_libp2p() -> None:
+    """libp2p logs routine events (failed dials, closing streams) at WARNING/ERROR; a user's
+    console should show our own account of what matters instead."""
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    logging.getLogger("multiaddr").setLevel(logging.CRITICAL)
+
+
+def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
+    """Parse a multiaddr, raising ``UserError`` with the offending text."""
+    try:
+        addr = multiaddr.Multiaddr(text)
+    except Exception as exc:  # noqa: BLE001 - multiaddr raises assorted types
+        raise UserError(f"{text!r} is not a valid multiaddr ({exc})") from None
+    if need_peer_id and "/p2p/" not in str(addr):
+        raise UserError(f"{text!r} must end in /p2p/<peer id> (copy it from the peer's start output)")
+    return addr
+
+
+class Libp2pStream:
+    """Adapts a py-libp2p stream to ``Stream``, translating its exceptions."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._s = stream
+        self._remote = str(stream.muxed_conn.peer_id)
+
+    @property
+    def remote_peer(self) -> str:
+        return self._remote
+
+    async def read(self, max_bytes: int) -> bytes:
+        try:
+            return bytes(await self._s.read(max_bytes))
+        except StreamEOF:
+            return b""
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - libp2p raises many types; translate once
+            raise TransportError(f"read from {self._remote} failed: {exc!r}") from None
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._s.write(data)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"write to {self._remote} failed: {exc!r}") from None
+
+    async def close(self) -> None:
+        try:
+            await self._s.close()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"closing stream to {self._remote} failed: {exc!r}") from None
+
+    async def reset(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self._s.reset()
+            except Exception:  # noqa: BLE001 - reset is best effort by contract
+                log.debug("reset of stream to %s failed", self._remote, exc_info=True)
+
+
+def _key_pair(identity: Identity) -> KeyPair:
+    private = Ed25519PrivateKey.from_bytes(identity.seed)
+    public = private.get_public_key()
+    assert isinstance(public, Ed25519PublicKey)
+    return KeyPair(private, public)
+
+
+class Libp2pTransport:
+    """``Transport`` on a py-libp2p host (TCP + Noise + yamux). Use ``open``."""
+
+    def __init__(self, host: IHost, dial_timeout: float) -> None:
+        self._host = host
+        self._dial_timeout = dial_timeout
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, identity: Identity, listen: Sequence[str], *, dial_timeout: float = 10.0
+    ) -> AsyncIterator[Libp2pTransport]:
+        """Start a host listening on ``listen``; closes it on exit. Raises UserError."""
+        _quiet_libp2p()
+        addrs = [parse_multiaddr(a) for a in listen]
+        kp = _key_pair(identity)
+        host = new_host(
+            key_pair=kp,
+            sec_opt={
+                NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=new_x25519_key_pair().private_key)
+            },
+            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            listen_addrs=addrs,
+            connection_config=ConnectionConfig(
+                dial_timeout=dial_timeout,
+                inbound_upgrade_timeout=dial_timeout,
+                outbound_upgrade_timeout=dial_timeout,
+            ),
+        )
+        if str(host.get_id()) != identity.peer_id:  # our derivation must match libp2p's
+            raise AssertionError("peer ID derivation disagrees with libp2p")
+        try:
+            async with host.run(listen_addrs=addrs):
+                transport = cls(host, dial_timeout)
+                try:
+                    yield transport
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await host.close()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}") from None
+
+    @property
+    def peer_id(self) -> str:
+        return str(self._host.get_id())
+
+    def addrs(self) -> list[str]:
+        out: list[str] = []
+        suffix = f"/p2p/{self.peer_id}"
+        for addr in self._host.get_transport_addrs():
+            for concrete in expand_wildcard_address(addr):
+                text = str(concrete)
+                if text.endswith(suffix):
+                    text = text[: -len(suffix)]
+                out.append(text + suffix)
+        return list(dict.fromkeys(out))
+
+    def set_handler(self, protocol: str, handler: Handler) -> None:
+        async def boundary(stream: INetStream) -> None:
+            ours = Libp2pStream(stream)
+            try:
+                await handler(ours)
+            except Exception:  # noqa: BLE001 - per-stream boundary, see module docstring
+                log.exception("handler for %s from %s failed", protocol, ours.remote_peer)
+                await ours.reset()
+
+        self._host.set_stream_handler(TProtocol(protocol), boundary)
+
+    async def connect(self, addr: str) -> str:
+        try:
+            info = info_from_p2p_addr(parse_multiaddr(addr, need_peer_id=True))
+        except UserError as exc:
+            raise TransportError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"{addr!r} is not a dialable peer address: {exc}") from None
+        await self._dial(info.peer_id, info.addrs)
+        return str(info.peer_id)
+
+    async def _dial(self, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -> None:
+        network = self._host.get_network()
+        if peer in self._host.get_connected_peers():
+            return
+        if addrs:
+            self._host.get_peerstore().add_addrs(peer, list(addrs), ADDR_TTL)
+        # py-libp2p refuses every dial to a peer for 60 s after one failure; our own backoff
+        # (PeerView) decides when to retry, so clear its cache first.
+        network.unblock_peer(peer)
+        try:
+            with trio.fail_after(self._dial_timeout):
+                await network.dial_peer(peer)
+        except trio.TooSlowError:
+            raise TransportError(f"dial to {peer} timed out after {self._dial_timeout} s") from None
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"dial to {peer} failed: {exc}") from None
+
+    async def open_stream(self, peer_id: str, protocol: str, addrs: Sequence[str] = ()) -> Stream:
+        try:
+            peer = ID.from_base58(peer_id)
+            maddrs = [multiaddr.Multiaddr(a) for a in addrs]
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"bad peer record {peer_id}: {exc}") from None
+        await self._dial(peer, maddrs)
+        try:
+            with trio.fail_after(self._dial_timeout):
+                stream = await self._host.new_stream(peer, [TProtocol(protocol)])
+        except trio.TooSlowError:
+            raise TransportError(f"opening {protocol} to {peer_id} timed out") from None
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"opening {protocol} to {peer_id} failed: {exc}") from None
+        return Libp2pStream(stream)
+
+    def connected_peers(self) -> list[str]:
+        return [str(p) for p in self._host.get_connected_peers()]

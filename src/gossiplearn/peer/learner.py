@@ -1,0 +1,86 @@
+"""The node's view of its model: a small async interface, with a threaded torch implementation.
+
+``Learner`` is what ``Node`` drives. ``ThreadedLearner`` runs a ``Trainer``'s blocking torch work
+in worker threads (``trio.to_thread.run_sync`` behind a ``CapacityLimiter``), so the event loop
+never blocks. The simulator's ``VectorLearner`` (``peer/sim.py``) implements the same interface
+synchronously, which lets virtual-time tests use trio's autojump clock.
+
+Cancellation: a cancelled ``train``/``merge`` waits for the step in progress to finish
+(``abandon_on_cancel=False``), so the model is never left half-updated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import trio
+
+from gossiplearn.gossip.messages import TensorSpec
+from gossiplearn.peer.trainer import Trainer
+
+
+class Learner(Protocol):
+    @property
+    def samples(self) -> int: ...
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def samples_seen(self) -> int: ...
+
+    def specs(self) -> list[TensorSpec]: ...
+
+    def model_bytes(self) -> int: ...
+
+    async def train(self, count: int) -> int: ...
+
+    async def snapshot(self) -> dict[str, np.ndarray]: ...
+
+    async def merge(
+        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+    ) -> float: ...
+
+    async def evaluate(self) -> dict[str, float]: ...
+
+
+class ThreadedLearner:
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._limiter = trio.CapacityLimiter(1)  # one torch job at a time per peer
+        self._specs = trainer.specs()
+        self._model_bytes = trainer.model_bytes()
+
+    @property
+    def samples(self) -> int:
+        return self.trainer.samples
+
+    @property
+    def steps(self) -> int:
+        return self.trainer.steps
+
+    @property
+    def samples_seen(self) -> int:
+        return self.trainer.samples_seen
+
+    def specs(self) -> list[TensorSpec]:
+        return self._specs
+
+    def model_bytes(self) -> int:
+        return self._model_bytes
+
+    async def train(self, count: int) -> int:
+        return await trio.to_thread.run_sync(self.trainer.train_steps, count, limiter=self._limiter)
+
+    async def snapshot(self) -> dict[str, np.ndarray]:
+        return await trio.to_thread.run_sync(self.trainer.snapshot)
+
+    async def merge(
+        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+    ) -> float:
+        return await trio.to_thread.run_sync(self.trainer.merge, snapshot, theirs, alpha)
+
+    async def evaluate(self) -> dict[str, float]:
+        return await trio.to_thread.run_sync(self.trainer.evaluate, limiter=self._limiter)

@@ -1,0 +1,63 @@
+"""The saved model file in a peer's home: written atomically, verified by checksum on load.
+
+Layout: ``b"GLMODEL1"`` + SHA-256 of the body (32 bytes) + body, where the body is an encoded
+``ModelOffer`` (the wire codec; no pickle). Writes go to a temporary file in the same folder,
+are fsynced, then renamed over the old file, so a crash leaves either the old or the new model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from gossiplearn.errors import DecodeError, UserError
+from gossiplearn.gossip.messages import Limits, ModelOffer, decode, encode
+
+MAGIC = b"GLMODEL1"
+MODEL_FILE_NAME = "model.glm"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_model(path: Path, offer: ModelOffer) -> None:
+    body = encode(offer)
+    write_atomic(path, MAGIC + hashlib.sha256(body).digest() + body)
+
+
+def load_model(path: Path) -> ModelOffer:
+    """Read a model file; ``UserError`` if it is missing, truncated, corrupt or not a model."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read model file {path}: {exc.strerror}") from None
+    head = len(MAGIC) + 32
+    if len(data) < head or not data.startswith(MAGIC):
+        raise UserError(f"{path} is not a gossiplearn model file (or is truncated)")
+    digest, body = data[len(MAGIC) : head], data[head:]
+    if hashlib.sha256(body).digest() != digest:
+        raise UserError(f"model file {path} is corrupt (checksum mismatch)")
+    try:
+        msg = decode(body, limits=Limits(max_frame=len(body), max_tensors=1 << 16))
+    except DecodeError as exc:
+        raise UserError(f"model file {path} cannot be decoded: {exc}") from None
+    if not isinstance(msg, ModelOffer):
+        raise UserError(f"{path} does not hold a model")
+    return msg

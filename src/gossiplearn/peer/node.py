@@ -1,0 +1,507 @@
+"""A gossip-learning peer: owns the gossip, discovery, training and evaluation loops.
+
+The node is the trio shell around the pure core (``gossiplearn.gossip``): it moves bytes for the
+exchange state machines, keeps the peer view, paces training, and records what ``status`` shows.
+
+Invariants:
+- At most one exchange at a time (``_busy``): inbound proposals while busy are declined, so each
+  merge pairs with exactly one merge on the other side and the weighted model sum is conserved.
+- A merge is applied as a delta against the snapshot that was sent (see ``gossip.merge``), so
+  training steps taken during the exchange are kept.
+- Nothing a remote sends escapes a handler: remote faults are counted and the stream reset.
+- Every network wait is under a deadline (``exchange_timeout``, ``dial_timeout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from gossiplearn.errors import DecodeError, RemoteProtocolError, TransportError
+from gossiplearn.gossip.exchange import (
+    InitiatorExchange,
+    LocalModel,
+    Merge,
+    Phase,
+    Refused,
+    ResponderExchange,
+)
+from gossiplearn.gossip.messages import (
+    Accept,
+    Limits,
+    ModelOffer,
+    PeerRecord,
+    PeersReply,
+    PeersRequest,
+    encode,
+)
+from gossiplearn.gossip.sampling import PeerView
+from gossiplearn.gossip.stats import (
+    ExchangeCounters,
+    MetricPoint,
+    MetricsHistory,
+    NeighbourStats,
+)
+from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.framed import THREAD_THRESHOLD, FramedStream
+from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.transport import Stream, Transport
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_PROTOCOL = "/gossiplearn/exchange/1.0.0"
+PEERS_PROTOCOL = "/gossiplearn/peers/1.0.0"
+CONTROL_LIMITS = Limits(max_frame=64 * 1024)
+PEERS_LIMITS = Limits(max_frame=256 * 1024)
+PEERS_PER_REPLY = 64
+MODEL_MARGIN = 1.05  # inbound model frames may exceed our own encoded size by 5% (+ 64 KiB)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    gossip: GossipConfig
+    training: TrainingConfig
+    bootstrap: tuple[str, ...] = ()
+    description: str = ""
+
+
+class Node:
+    def __init__(
+        self,
+        transport: Transport,
+        learner: Learner,
+        config: NodeConfig,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.transport = transport
+        self.learner = learner
+        self.config = config
+        self.rng = rng or random.Random()
+        self.peer_id = transport.peer_id
+        self.view = PeerView(self.peer_id)
+        self.counters = ExchangeCounters()
+        self.neighbours: dict[str, NeighbourStats] = {}
+        self.history = MetricsHistory()
+        self.consensus: deque[tuple[float, float]] = deque(maxlen=256)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.started_at = time.time()
+        self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
+        max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
+        self.model_limits = Limits(max_frame=max_model, max_tensors=len(self.local.specs) + 1)
+        self._busy = False
+        self._closing = False
+        self._idle = trio.Event()
+        self._idle.set()
+        self._cancel: trio.CancelScope | None = None
+        self.latest: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every loop until cancelled or ``stop`` is called."""
+        self.transport.set_handler(EXCHANGE_PROTOCOL, self._on_exchange)
+        self.transport.set_handler(PEERS_PROTOCOL, self._on_peers)
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._discovery_loop)
+                nursery.start_soon(self._gossip_loop)
+                nursery.start_soon(self._evaluation_loop)
+                if self.config.training.enabled:
+                    nursery.start_soon(self._training_loop)
+                task_status.started()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Decline new exchanges, let the one in flight finish (up to ``grace`` s), then stop."""
+        self._closing = True
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if busy:
+            self._idle = trio.Event()
+        else:
+            self._idle.set()
+
+    # ------------------------------------------------------------------ loops
+
+    async def _training_loop(self) -> None:
+        cfg = self.config.training
+        period = 1.0 / cfg.steps_per_second if cfg.steps_per_second > 0 else 0.0
+        chunk = max(1, round(cfg.steps_per_second * 0.1)) if period else 10
+        deadline = trio.current_time()
+        while not cfg.max_steps or self.learner.steps < cfg.max_steps:
+            count = chunk if not cfg.max_steps else min(chunk, cfg.max_steps - self.learner.steps)
+            await self.learner.train(count)
+            if period:
+                deadline = max(deadline + count * period, trio.current_time() - 1.0)
+                await trio.sleep_until(deadline)
+            else:
+                await trio.lowlevel.checkpoint()
+        log.info("training finished after %d steps; gossip goes on", self.learner.steps)
+
+    async def _evaluation_loop(self) -> None:
+        while True:
+            metrics = await self.learner.evaluate()
+            self.latest = metrics
+            self.history.add(
+                MetricPoint(
+                    time.time(), self.learner.steps, metrics.get("accuracy"), metrics.get("loss")
+                )
+            )
+            await trio.sleep(self.config.training.eval_interval)
+
+    async def _gossip_loop(self) -> None:
+        cfg = self.config.gossip
+        while True:
+            await trio.sleep(cfg.interval * self.rng.uniform(0.5, 1.5))
+            if self._closing:
+                continue
+            tried: list[str] = []
+            for _ in range(cfg.attempts):
+                if self._busy:
+                    break  # a remote's exchange is in flight; our turn comes next round
+                peer = self.view.sample(self.rng, trio.current_time(), exclude=tried)
+                if peer is None:
+                    break
+                tried.append(peer)
+                if await self.initiate(peer) != "declined":
+                    break
+
+    async def _discovery_loop(self) -> None:
+        """Join through the bootstrap addresses, then keep learning peers from peers.
+
+        While we know nobody, the bootstrap addresses are redialled with growing backoff (py-libp2p's
+        own bootstrap never retries).
+        """
+        backoff = 1.0
+        while True:
+            now = trio.current_time()
+            if not self.view.eligible(now) and self.config.bootstrap:
+                joined = await self._dial_bootstrap()
+                backoff = 1.0 if joined else min(backoff * 2, 30.0)
+                if not joined:
+                    await trio.sleep(backoff * self.rng.uniform(0.8, 1.2))
+                    continue
+            peer = self.view.sample(self.rng, trio.current_time())
+            if peer is not None:
+                await self.ask_peers(peer)
+            # learn quickly while the view is small, then settle to the configured pace
+            pace = self.config.gossip.discovery_interval if len(self.view) >= 8 else 1.0
+            await trio.sleep(min(pace, self.config.gossip.discovery_interval) * self.rng.uniform(0.8, 1.2))
+
+    async def _dial_bootstrap(self) -> bool:
+        joined = False
+        for addr in self.config.bootstrap:
+            try:
+                peer = await self.transport.connect(addr)
+            except TransportError as exc:
+                log.warning("bootstrap %s unreachable: %s", addr, exc)
+                continue
+            if peer == self.peer_id:
+                continue
+            now = trio.current_time()
+            self.view.learn(PeerRecord(peer, (addr,)), now)
+            self.view.mark_connected(peer, now)
+            log.info("joined through %s", addr)
+            joined = True
+        return joined
+
+    # ------------------------------------------------------------------ peer exchange
+
+    def own_record(self) -> PeerRecord:
+        return PeerRecord(self.peer_id, tuple(self.transport.addrs()[:8]))
+
+    async def ask_peers(self, peer: str) -> int:
+        """Ask ``peer`` for the peers it knows; returns how many were new to us."""
+        entry = self.view.get(peer)
+        framed: FramedStream | None = None
+        try:
+            with trio.fail_after(self.config.gossip.exchange_timeout):
+                stream = await self.transport.open_stream(
+                    peer, PEERS_PROTOCOL, entry.addrs if entry else ()
+                )
+                framed = FramedStream(stream)
+                await framed.send(PeersRequest(self.own_record()))
+                reply = await framed.receive(PEERS_LIMITS)
+                await stream.close()
+        except (TransportError, EOFError, trio.TooSlowError) as exc:
+            self._count_bytes(framed)
+            self._fail(peer, f"peer exchange failed: {exc!r}")
+            return 0
+        except RemoteProtocolError as exc:
+            self._count_bytes(framed)
+            self.counters.refuse("malformed")
+            log.warning("peer %s sent a bad peer list: %s", peer, exc)
+            return 0
+        self._count_bytes(framed)
+        if not isinstance(reply, PeersReply):
+            self.counters.refuse("malformed")
+            return 0
+        now = trio.current_time()
+        self.view.success(peer, now)
+        self.view.mark_connected(peer, now)
+        new = self.view.learn_all(reply.peers, now)
+        if new:
+            log.info("learnt %d peer(s) from %s", len(new), peer)
+        return len(new)
+
+    async def _on_peers(self, stream: Stream) -> None:
+        framed = FramedStream(stream)
+        try:
+            with trio.fail_after(self.config.gossip.exchange_timeout):
+                msg = await framed.receive(PEERS_LIMITS)
+                if not isinstance(msg, PeersRequest):
+                    raise DecodeError(f"expected a peers request, got {type(msg).__name__}")
+                now = trio.current_time()
+                if msg.sender.peer_id == stream.remote_peer:  # a peer may only speak for itself
+                    self.view.learn(msg.sender, now)
+                self.view.mark_connected(stream.remote_peer, now)
+                records = [self.own_record(), *self.view.records(PEERS_PER_REPLY - 1)]
+                await framed.send(PeersReply(tuple(records)))
+                await stream.close()
+        except (TransportError, EOFError, trio.TooSlowError):
+            await stream.reset()
+        except RemoteProtocolError as exc:
+            self.counters.refuse("malformed")
+            log.warning("peer %s sent a bad peers request: %s", stream.remote_peer, exc)
+            await stream.reset()
+        finally:
+            self._count_bytes(framed)
+
+    # ------------------------------------------------------------------ exchanges
+
+    async def initiate(self, peer: str) -> str:
+        """Run one exchange with ``peer``. Returns "completed", "declined", "failed" or
+        "refused". Never raises for a remote's fault."""
+        if self._busy or self._closing:
+            return "declined"
+        self._set_busy(True)
+        self.counters.initiated += 1
+        entry = self.view.get(peer)
+        framed: FramedStream | None = None
+        stream: Stream | None = None
+        try:
+            with trio.fail_after(self.config.gossip.exchange_timeout):
+                stream = await self.transport.open_stream(
+                    peer, EXCHANGE_PROTOCOL, entry.addrs if entry else ()
+                )
+                framed = FramedStream(stream)
+                exchange = InitiatorExchange(self.local)
+                await framed.send(exchange.propose())
+                exchange.receive(await framed.receive(CONTROL_LIMITS))
+                if exchange.phase is Phase.DECLINED:
+                    assert exchange.decline is not None
+                    self.counters.declined += 1
+                    if exchange.decline.reason == "incompatible":
+                        log.warning(
+                            "peer %s declined: incompatible model (%s)",
+                            peer,
+                            exchange.decline.detail,
+                        )
+                    await stream.close()
+                    return "declined"
+                merge = await self._swap(framed, peer, exchange)
+                await stream.close()
+        except (TransportError, EOFError, trio.TooSlowError) as exc:
+            self.counters.failed += 1
+            self._fail(peer, f"exchange failed: {exc!r}")
+            if stream is not None:
+                await stream.reset()
+            return "failed"
+        except RemoteProtocolError as exc:
+            self._refuse(peer, exc)
+            if stream is not None:
+                await stream.reset()
+            return "refused"
+        finally:
+            self._count_bytes(framed)
+            self._set_busy(False)
+        del merge
+        return "completed"
+
+    async def _on_exchange(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        framed = FramedStream(stream)
+        took_slot = False
+        try:
+            with trio.fail_after(self.config.gossip.exchange_timeout):
+                exchange = ResponderExchange(
+                    self.local, max_model_bytes=self.model_limits.max_frame
+                )
+                proposal = await framed.receive(CONTROL_LIMITS)
+                # decide and take the slot with no checkpoint in between
+                answer = exchange.receive_propose(proposal, busy=self._busy, closing=self._closing)
+                if isinstance(answer, Accept):
+                    self._set_busy(True)
+                    took_slot = True
+                self.view.mark_connected(peer, trio.current_time())
+                await framed.send(answer)
+                if not took_slot:
+                    self.counters.declined_inbound += 1
+                    await stream.close()
+                    return
+                await self._swap(framed, peer, exchange)
+                self.counters.answered += 1
+                await stream.close()
+        except (TransportError, EOFError, trio.TooSlowError) as exc:
+            if took_slot:
+                self.counters.failed += 1
+            log.info("exchange from %s failed: %r", peer, exc)
+            await stream.reset()
+        except RemoteProtocolError as exc:
+            self._refuse(peer, exc)
+            await stream.reset()
+        finally:
+            self._count_bytes(framed)
+            if took_slot:
+                self._set_busy(False)
+
+    async def _swap(
+        self, framed: FramedStream, peer: str, exchange: InitiatorExchange | ResponderExchange
+    ) -> Merge:
+        """Send our model and receive theirs concurrently; apply the merge."""
+        snapshot = await self.learner.snapshot()
+        latest = self.history.latest
+        offer = ModelOffer(
+            fingerprint=self.local.fingerprint,
+            samples=self.learner.samples,
+            steps=self.learner.steps,
+            accuracy=latest.accuracy if latest else None,
+            loss=latest.loss if latest else None,
+            tensors=snapshot,
+        )
+        if self.local.model_bytes > THREAD_THRESHOLD:
+            body = await trio.to_thread.run_sync(encode, offer)
+        else:
+            body = encode(offer)
+        received: list[Any] = []
+
+        async def receive() -> None:
+            received.append(await framed.receive(self.model_limits))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await framed.send_body(body)
+        merge = exchange.receive(received[0])
+        assert merge is not None
+        distance = await self.learner.merge(snapshot, merge.offer.tensors, merge.alpha)
+        self._record_merge(peer, merge.offer, distance)
+        return merge
+
+    def _record_merge(self, peer: str, offer: ModelOffer, distance: float) -> None:
+        now = trio.current_time()
+        self.counters.completed += 1
+        self.view.success(peer, now)
+        stats = self.neighbours.setdefault(peer, NeighbourStats(peer))
+        stats.last_exchange = time.time()
+        stats.accuracy = offer.accuracy
+        stats.loss = offer.loss
+        stats.steps = offer.steps
+        stats.exchanges += 1
+        stats.consensus_distance = distance
+        if math.isfinite(distance):
+            self.consensus.append((time.time(), distance))
+
+    def _fail(self, peer: str, why: str) -> None:
+        dropped = self.view.failure(peer, trio.current_time())
+        log.info("%s: %s%s", peer, why, " (dropped from view)" if dropped else "")
+
+    def _refuse(self, peer: str, exc: RemoteProtocolError) -> None:
+        reason = exc.reason if isinstance(exc, Refused) else "malformed"
+        self.counters.refuse(reason)
+        self.view.failure(peer, trio.current_time())
+        log.warning("refused model from %s: %s", peer, exc)
+
+    def _count_bytes(self, framed: FramedStream | None) -> None:
+        if framed is not None:
+            self.bytes_sent += framed.bytes_sent
+            self.bytes_received += framed.bytes_received
+            framed.bytes_sent = framed.bytes_received = 0
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``gossiplearn status`` shows, JSON-serialisable."""
+        latest = self.history.latest
+        now_mono = trio.current_time()
+        neighbours = []
+        for entry in self.view.entries():
+            stats = self.neighbours.get(entry.peer_id, NeighbourStats(entry.peer_id))
+            neighbours.append(
+                {
+                    "peer_id": entry.peer_id,
+                    "addrs": list(entry.addrs),
+                    "connected": entry.connected,
+                    "failures": entry.failures,
+                    "backoff_s": max(0.0, entry.retry_at - now_mono),
+                    "last_exchange": stats.last_exchange,
+                    "exchanges": stats.exchanges,
+                    "accuracy": stats.accuracy,
+                    "loss": stats.loss,
+                    "steps": stats.steps,
+                    "consensus_distance": _finite(stats.consensus_distance),
+                }
+            )
+        neighbours.sort(key=lambda n: n["last_exchange"] or 0.0, reverse=True)
+        c = self.counters
+        recent = [d for _, d in list(self.consensus)[-10:]]
+        return {
+            "peer_id": self.peer_id,
+            "addrs": self.transport.addrs(),
+            "started_at": self.started_at,
+            "uptime": time.time() - self.started_at,
+            "task": self.config.description,
+            "samples": self.learner.samples,
+            "busy": self._busy,
+            "neighbours": neighbours,
+            "exchanges": {
+                "completed": c.completed,
+                "declined": c.declined,
+                "failed": c.failed,
+                "refused": c.refused,
+                "initiated": c.initiated,
+                "answered": c.answered,
+                "declined_inbound": c.declined_inbound,
+                "refused_by_reason": dict(c.refused_by_reason),
+            },
+            "training": {
+                "enabled": self.config.training.enabled,
+                "steps": self.learner.steps,
+                "samples_seen": self.learner.samples_seen,
+                "max_steps": self.config.training.max_steps,
+                "steps_per_second": self.config.training.steps_per_second,
+            },
+            "metrics": {
+                "accuracy": latest.accuracy if latest else None,
+                "loss": latest.loss if latest else None,
+                "time": latest.time if latest else None,
+                "trend": self.history.trend(),
+            },
+            "history": [
+                {"time": p.time, "steps": p.steps, "accuracy": p.accuracy, "loss": p.loss}
+                for p in list(self.history.points)[-60:]
+            ],
+            "consensus_distance": _finite(self.consensus[-1][1]) if self.consensus else None,
+            "consensus_distance_mean10": sum(recent) / len(recent) if recent else None,
+            "consensus_history": [{"time": t, "distance": d} for t, d in list(self.consensus)[-60:]],
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+        }
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+

@@ -1,0 +1,121 @@
+"""Local training of the task's model, and safe access to its parameters from other threads.
+
+Every method that touches the model takes ``_lock``, so an SGD step, a snapshot for an exchange,
+applying a merge delta and an evaluation never interleave. The methods block (they run torch
+work) and are meant for ``trio.to_thread.run_sync``; none of them awaits.
+
+Exchanged tensors are the floating-point entries of the model's ``state_dict`` (parameters and
+float buffers); integer buffers stay local.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from gossiplearn.gossip.merge import consensus_distance, merge_delta
+from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
+from gossiplearn.peer.config import TrainingConfig
+from gossiplearn.tasks.base import Task
+
+
+class Trainer:
+    def __init__(self, task: Task, config: TrainingConfig, seed: int = 0) -> None:
+        self.task = task
+        self.config = config
+        self._lock = threading.Lock()
+        torch.manual_seed(seed)
+        self._gen = torch.Generator().manual_seed(seed)
+        self.model = task.build_model()
+        self._tensors = {
+            name: t
+            for name, t in self.model.state_dict(keep_vars=False).items()
+            if t.is_floating_point()
+        }
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        self.steps = 0
+        self.samples_seen = 0
+        self._order = torch.empty(0, dtype=torch.int64)
+        self._pos = 0
+
+    @property
+    def samples(self) -> int:
+        return self.task.samples
+
+    def specs(self) -> list[TensorSpec]:
+        return specs_of(self._snapshot_unlocked(copy=False))
+
+    def model_bytes(self) -> int:
+        return encoded_model_size(self._snapshot_unlocked(copy=False))
+
+    # ---- training (blocking)
+
+    def _batch(self) -> torch.Tensor:
+        n = len(self.task.train)
+        size = min(self.config.batch_size, n)
+        if self._pos + size > len(self._order):
+            self._order = torch.randperm(n, generator=self._gen)
+            self._pos = 0
+        idx = self._order[self._pos : self._pos + size]
+        self._pos += size
+        return idx
+
+    def train_steps(self, count: int) -> int:
+        """Run ``count`` SGD steps (each under the lock); returns the total steps taken."""
+        data = self.task.train
+        for _ in range(count):
+            with self._lock:
+                idx = self._batch()
+                self.model.train()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.task.loss(self.model(data.features[idx]), data.labels[idx])
+                loss.backward()
+                self.optimizer.step()
+                self.steps += 1
+                self.samples_seen += len(idx)
+        return self.steps
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics of the current model (empty if there is no validation data)."""
+        with self._lock:
+            return self.task.metrics(self.model, self.task.validation)
+
+    # ---- parameter access (blocking)
+
+    def _snapshot_unlocked(self, copy: bool = True) -> dict[str, np.ndarray]:
+        out = {}
+        for name, t in self._tensors.items():
+            arr = t.detach().cpu().numpy()
+            out[name] = arr.copy() if copy else arr
+        return out
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """A copy of the exchanged tensors, as numpy arrays."""
+        with self._lock:
+            return self._snapshot_unlocked()
+
+    def merge(
+        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+    ) -> float:
+        """Add ``alpha * (theirs - snapshot)`` to the model; returns the consensus distance
+        ``||snapshot - theirs|| / ||snapshot||``. ``theirs`` was checked against our specs."""
+        delta = merge_delta(snapshot, theirs, alpha)
+        distance = consensus_distance(snapshot, theirs)
+        with self._lock, torch.no_grad():
+            for name, t in self._tensors.items():
+                t.add_(torch.from_numpy(delta[name]).to(t.device))
+        return distance
+
+    def load(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Replace the exchanged tensors (shapes must match)."""
+        with self._lock, torch.no_grad():
+            for name, t in self._tensors.items():
+                t.copy_(torch.from_numpy(np.asarray(tensors[name])))

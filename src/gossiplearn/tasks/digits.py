@@ -1,0 +1,64 @@
+"""Built-in task ``digits``: scikit-learn's bundled 8×8 handwritten digits with a small MLP.
+
+The data ships inside scikit-learn (nothing is downloaded). A fixed 20% stratified test split is
+common to every shard (``Task.test``); the rest is partitioned into N disjoint shards
+(``--shard I/N --partition iid|dirichlet:ALPHA``, seeded), and each peer holds out
+``validation_fraction`` of its shard for validation.
+
+Options (``[task]`` in peer.toml): ``hidden`` (default 64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from gossiplearn.tasks.base import Dataset, Task, TaskOptions, mlp, split_validation
+from gossiplearn.tasks.partition import partition_indices
+
+TEST_FRACTION = 0.2
+
+
+def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train features, train labels, test features, test labels); features scaled to [0, 1]."""
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    xtr, xte, ytr, yte = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y
+    )
+    return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
+
+
+def _dataset(x: np.ndarray, y: np.ndarray) -> Dataset:
+    return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+
+
+def make_task(options: TaskOptions) -> Task:
+    index, count = options.shard
+    hidden = int(options.params.get("hidden", 64))
+    xtr, ytr, xte, yte = load_split(options.seed)
+    shard = partition_indices(ytr, count, options.partition, options.seed)[index - 1]
+    train, validation = split_validation(
+        _dataset(xtr[shard], ytr[shard]), options.validation_fraction, options.seed + index
+    )
+    return Task(
+        name="digits",
+        build_model=lambda: mlp(64, hidden, 10),
+        train=train,
+        validation=validation,
+        test=_dataset(xte, yte),
+        description=f"digits shard {index}/{count} ({options.partition}), MLP 64-{hidden}-10",
+    )
+
+
+def union_of_shards(options: TaskOptions) -> Dataset:
+    """The training data of all shards together (what centralised training would see)."""
+    _, count = options.shard
+    parts = [make_task(TaskOptions(options.seed, (i, count), options.partition,
+                                   options.validation_fraction, options.params)).train
+             for i in range(1, count + 1)]
+    return Dataset(
+        torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts])
+    )
