@@ -179,7 +179,7 @@ def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> No
 
 @cli.command()
 @click.option("--peers", type=click.IntRange(2, 64), default=6, show_default=True)
-@click.option("--seconds", type=click.FloatRange(5, 3600), default=60.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(5, 3600), default=30.0, show_default=True,
               help="How long the peers gossip and train.")
 @click.option("--partition", default="dirichlet:0.5", show_default=True, help="iid | dirichlet:ALPHA")
 @click.option("--seed", type=int, default=0, show_default=True)

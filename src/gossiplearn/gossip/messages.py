@@ -218,7 +218,7 @@ def _decode_body(body: Any, limits: Limits) -> Message:
     if not isinstance(body, dict):
         raise DecodeError("message is not a map")
     version = body.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {version!r} (we speak {PROTOCOL_VERSION})")
     kind = body.get("t")
     if kind == "propose":

@@ -54,8 +54,12 @@ class PeerView:
     def entries(self) -> list[PeerEntry]:
         return list(self._peers.values())
 
-    def learn(self, record: PeerRecord, now: float) -> bool:
-        """Add or refresh a peer's addresses. Returns True if the peer is new to us."""
+    def learn(self, record: PeerRecord, now: float, *, authoritative: bool = True) -> bool:
+        """Add a peer, or refresh its addresses. Returns True if the peer is new to us.
+
+        A third party's record (``authoritative=False``, from peer exchange) never replaces
+        addresses we already hold: only the peer itself (or our own configuration) may.
+        """
         if record.peer_id == self.self_id:
             return False
         entry = self._peers.get(record.peer_id)
@@ -65,13 +69,18 @@ class PeerView:
                 return False
             self._peers[record.peer_id] = PeerEntry(record.peer_id, addrs)
             return True
-        if addrs:
+        if addrs and (authoritative or not entry.addrs):
             entry.addrs = addrs
         return False
 
-    def learn_all(self, records: Iterable[PeerRecord], now: float) -> list[str]:
-        """Learn many records; returns the IDs that were new."""
-        return [r.peer_id for r in records if self.learn(r, now)]
+    def learn_all(self, records: Iterable[PeerRecord], now: float, source: str) -> list[str]:
+        """Learn the records ``source`` sent; returns the IDs that were new. Only the record
+        ``source`` gives for itself is authoritative."""
+        return [
+            r.peer_id
+            for r in records
+            if self.learn(r, now, authoritative=r.peer_id == source)
+        ]
 
     def mark_connected(self, peer_id: str, now: float) -> None:
         if peer_id == self.self_id:

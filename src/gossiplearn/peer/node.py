@@ -4,8 +4,10 @@ The node is the trio shell around the pure core (``gossiplearn.gossip``): it mov
 exchange state machines, keeps the peer view, paces training, and records what ``status`` shows.
 
 Invariants:
-- At most one exchange at a time (``_busy``): inbound proposals while busy are declined, so each
-  merge pairs with exactly one merge on the other side and the weighted model sum is conserved.
+- At most one exchange at a time (``_busy``): inbound proposals while busy are declined. Each
+  merge is then taken against a fresh snapshot, so concurrent merges never stack on one stale
+  snapshot (which could overshoot the average), and the pairwise deltas of an exchange cancel:
+  the sample-weighted sum of all models is conserved.
 - A merge is applied as a delta against the snapshot that was sent (see ``gossip.merge``), so
   training steps taken during the exchange are kept.
 - Nothing a remote sends escapes a handler: remote faults are counted and the stream reset.
@@ -228,6 +230,7 @@ class Node:
         """Ask ``peer`` for the peers it knows; returns how many were new to us."""
         entry = self.view.get(peer)
         framed: FramedStream | None = None
+        stream: Stream | None = None
         try:
             with trio.fail_after(self.config.gossip.exchange_timeout):
                 stream = await self.transport.open_stream(
@@ -236,24 +239,25 @@ class Node:
                 framed = FramedStream(stream)
                 await framed.send(PeersRequest(self.own_record()))
                 reply = await framed.receive(PEERS_LIMITS)
-                await stream.close()
+                if not isinstance(reply, PeersReply):
+                    raise DecodeError(f"expected a peer list, got {type(reply).__name__}")
         except (TransportError, EOFError, trio.TooSlowError) as exc:
-            self._count_bytes(framed)
             self._fail(peer, f"peer exchange failed: {exc!r}")
+            if stream is not None:
+                await stream.reset()
             return 0
         except RemoteProtocolError as exc:
+            self._refuse(peer, exc)
+            assert stream is not None
+            await stream.reset()
+            return 0
+        finally:
             self._count_bytes(framed)
-            self.counters.refuse("malformed")
-            log.warning("peer %s sent a bad peer list: %s", peer, exc)
-            return 0
-        self._count_bytes(framed)
-        if not isinstance(reply, PeersReply):
-            self.counters.refuse("malformed")
-            return 0
+        await _close_quietly(stream)
         now = trio.current_time()
         self.view.success(peer, now)
         self.view.mark_connected(peer, now)
-        new = self.view.learn_all(reply.peers, now)
+        new = self.view.learn_all(reply.peers, now, source=peer)
         if new:
             log.info("learnt %d peer(s) from %s", len(new), peer)
         return len(new)
@@ -306,15 +310,17 @@ class Node:
                     assert exchange.decline is not None
                     self.counters.declined += 1
                     if exchange.decline.reason == "incompatible":
+                        # not a transient condition: back off like after a failure
+                        self.view.failure(peer, trio.current_time())
                         log.warning(
                             "peer %s declined: incompatible model (%s)",
                             peer,
                             exchange.decline.detail,
                         )
-                    await stream.close()
+                    await _close_quietly(stream)
                     return "declined"
-                merge = await self._swap(framed, peer, exchange)
-                await stream.close()
+                await self._swap(framed, peer, exchange)
+            await _close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
             self.counters.failed += 1
             self._fail(peer, f"exchange failed: {exc!r}")
@@ -329,7 +335,6 @@ class Node:
         finally:
             self._count_bytes(framed)
             self._set_busy(False)
-        del merge
         return "completed"
 
     async def _on_exchange(self, stream: Stream) -> None:
@@ -355,10 +360,11 @@ class Node:
                     return
                 await self._swap(framed, peer, exchange)
                 self.counters.answered += 1
-                await stream.close()
+            await _close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
             if took_slot:
                 self.counters.failed += 1
+                self.view.failure(peer, trio.current_time())
             log.info("exchange from %s failed: %r", peer, exc)
             await stream.reset()
         except RemoteProtocolError as exc:
@@ -379,8 +385,8 @@ class Node:
             fingerprint=self.local.fingerprint,
             samples=self.learner.samples,
             steps=self.learner.steps,
-            accuracy=latest.accuracy if latest else None,
-            loss=latest.loss if latest else None,
+            accuracy=_finite(latest.accuracy) if latest else None,
+            loss=_finite(latest.loss) if latest else None,
             tensors=snapshot,
         )
         if self.local.model_bytes > THREAD_THRESHOLD:
@@ -392,9 +398,12 @@ class Node:
         async def receive() -> None:
             received.append(await framed.receive(self.model_limits))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            await framed.send_body(body)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                await framed.send_body(body)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         merge = exchange.receive(received[0])
         assert merge is not None
         distance = await self.learner.merge(snapshot, merge.offer.tensors, merge.alpha)
@@ -416,6 +425,7 @@ class Node:
             self.consensus.append((time.time(), distance))
 
     def _fail(self, peer: str, why: str) -> None:
+        self.view.mark_disconnected(peer)
         dropped = self.view.failure(peer, trio.current_time())
         log.info("%s: %s%s", peer, why, " (dropped from view)" if dropped else "")
 
@@ -500,6 +510,34 @@ class Node:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
         }
+
+
+async def _close_quietly(stream: Stream | None) -> None:
+    """Close after a completed exchange; a failure here no longer matters (the merge is done)."""
+    if stream is None:
+        return
+    try:
+        await stream.close()
+    except TransportError:
+        await stream.reset()
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf that is not a cancellation (a concurrent send/receive failed)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group
 
 
 def _finite(x: float | None) -> float | None:

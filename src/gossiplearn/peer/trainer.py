@@ -118,4 +118,4 @@ class Trainer:
         """Replace the exchanged tensors (shapes must match)."""
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
-                t.copy_(torch.from_numpy(np.asarray(tensors[name])))
+                t.copy_(torch.from_numpy(np.array(tensors[name], copy=True)))

@@ -77,7 +77,9 @@ class MemoryStream:
         send: trio.MemorySendChannel[bytes],
         recv: trio.MemoryReceiveChannel[bytes],
         counter: Callable[[int], None] | None = None,
+        latency: float = 0.0,
     ) -> None:
+        self._latency = latency
         self._remote = remote
         self._send = send
         self._recv = recv
@@ -102,6 +104,8 @@ class MemoryStream:
     async def write(self, data: bytes) -> None:
         if self._counter is not None:
             self._counter(len(data))
+        if self._latency:
+            await trio.sleep(self._latency)
         try:
             await self._send.send(bytes(data))
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
@@ -119,10 +123,12 @@ class MemoryNetwork:
     """A set of in-memory transports that can reach each other by peer ID.
 
     ``addrs`` are ``/memory/<peer id>/p2p/<peer id>``. A transport must be running
-    (``MemoryTransport.run``) for streams to it to be served.
+    (``MemoryTransport.run``) for streams to it to be served. ``latency`` (seconds) delays every
+    write, so exchanges take time and can overlap as they do on a real network.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
         self.transports: dict[str, MemoryTransport] = {}
         self.bytes_sent = 0
 
@@ -186,8 +192,9 @@ class MemoryTransport:
         await trio.lowlevel.checkpoint()
         a_send, b_recv = trio.open_memory_channel[bytes](math.inf)
         b_send, a_recv = trio.open_memory_channel[bytes](math.inf)
-        ours = MemoryStream(peer_id, a_send, a_recv, self._net._count)
-        theirs = MemoryStream(self._id, b_send, b_recv, self._net._count)
+        net = self._net
+        ours = MemoryStream(peer_id, a_send, a_recv, net._count, net.latency)
+        theirs = MemoryStream(self._id, b_send, b_recv, net._count, net.latency)
         self._connected.add(peer_id)
         target._connected.add(self._id)
         assert target._nursery is not None

@@ -10,10 +10,12 @@ Options (``[task]`` in peer.toml): ``hidden`` (default 64).
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from gossiplearn.tasks.base import Dataset, Task, TaskOptions, mlp, split_validation
 from gossiplearn.tasks.partition import partition_indices
@@ -21,14 +23,41 @@ from gossiplearn.tasks.partition import partition_indices
 TEST_FRACTION = 0.2
 
 
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits as (features 0..16, labels).
+
+    Read straight from the CSV that scikit-learn ships, found without importing scikit-learn
+    (whose import costs more than a second in every peer process); falls back to
+    ``sklearn.datasets.load_digits`` if the file is not where it usually is.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                data = np.loadtxt(f, delimiter=",", dtype=np.float64)
+            return data[:, :-1], data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits as sklearn_load_digits  # noqa: PLC0415
+
+    x, y = sklearn_load_digits(return_X_y=True)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
+
+
 def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train features, train labels, test features, test labels); features scaled to [0, 1]."""
-    x, y = load_digits(return_X_y=True)
+    """(train features, train labels, test features, test labels); features scaled to [0, 1].
+
+    The test split is stratified: ``TEST_FRACTION`` of every class, chosen with ``seed``.
+    """
+    x, y = load_digits()
     x = (x / 16.0).astype(np.float32)
-    xtr, xte, ytr, yte = train_test_split(
-        x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y
-    )
-    return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test_parts = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test_parts.append(idx[: round(len(idx) * TEST_FRACTION)])
+    test = np.sort(np.concatenate(test_parts))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return x[train], y[train], x[test], y[test]
 
 
 def _dataset(x: np.ndarray, y: np.ndarray) -> Dataset:

@@ -1,0 +1,210 @@
+"""Merge rules: push-pull averaging conserves the weighted sum and converges (Kempe et al. 2003)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gossiplearn.gossip.merge import (
+    Tensors,
+    consensus_distance,
+    merge_delta,
+    merge_weight,
+    norm,
+    weighted_average,
+)
+
+RELAXED = settings(deadline=None)
+weights = st.integers(min_value=0, max_value=10**6)
+shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
+
+
+def finite(dtype: np.dtype, bound: float) -> st.SearchStrategy[float]:
+    width = 8 * np.dtype(dtype).itemsize
+    return st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=width)
+
+
+@st.composite
+def model_pairs(draw: st.DrawFn, dtype: np.dtype, bound: float = 1e3) -> tuple[Tensors, Tensors]:
+    """Two models with the same names, shapes and dtype (what an exchange has checked)."""
+    names = draw(st.lists(st.sampled_from(["w", "b", "emb"]), min_size=1, unique=True))
+    a, b = {}, {}
+    for name in names:
+        shape = draw(shapes)
+        a[name] = draw(hnp.arrays(dtype, shape, elements=finite(dtype, bound)))
+        b[name] = draw(hnp.arrays(dtype, shape, elements=finite(dtype, bound)))
+    return a, b
+
+
+def weighted_sum(models: list[Tensors], ws: list[int], name: str) -> np.ndarray:
+    return sum(w * m[name].astype(np.float64) for m, w in zip(models, ws, strict=True))
+
+
+# ---------------------------------------------------------------------------------- merge_weight
+
+
+@pytest.mark.parametrize(
+    ("own", "theirs", "alpha"),
+    [(0, 0, 0.5), (1, 1, 0.5), (0, 7, 1.0), (7, 0, 0.0), (1, 3, 0.75), (300, 100, 0.25)],
+)
+def test_merge_weight(own: int, theirs: int, alpha: float) -> None:
+    assert merge_weight(own, theirs) == alpha
+
+
+@given(weights, weights)
+def test_merge_weights_of_both_sides_add_to_one(wa: int, wb: int) -> None:
+    alpha = merge_weight(wa, wb)
+    assert 0.0 <= alpha <= 1.0
+    assert alpha + merge_weight(wb, wa) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------- averages
+
+
+@RELAXED
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@given(data=st.data(), wa=weights, wb=weights)
+def test_merging_a_model_with_itself_changes_nothing(
+    dtype: type, data: st.DataObject, wa: int, wb: int
+) -> None:
+    m, _ = data.draw(model_pairs(np.dtype(dtype)))
+    out = weighted_average(m, wa, m, wb)
+    assert out.keys() == m.keys()
+    for name in m:
+        assert out[name].dtype == m[name].dtype
+        assert np.array_equal(out[name], m[name])
+
+
+@RELAXED
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(data=st.data(), wa=weights, wb=weights)
+def test_push_pull_conserves_the_weighted_sum(
+    dtype: type, data: st.DataObject, wa: int, wb: int
+) -> None:
+    a, b = data.draw(model_pairs(np.dtype(dtype)))
+    avg_a = weighted_average(a, wa, b, wb)  # what the initiator adopts
+    avg_b = weighted_average(b, wb, a, wa)  # what the responder adopts
+    for name in a:
+        assert avg_a[name].dtype == avg_b[name].dtype == a[name].dtype
+        before = weighted_sum([a, b], [wa, wb], name)
+        # Rounding scales with the magnitudes involved, not with the (possibly cancelling) sum.
+        magnitude = 1.0 + np.abs(a[name]).max(initial=0) + np.abs(b[name]).max(initial=0)
+        atol = 8 * np.finfo(dtype).eps * (wa + wb) * magnitude
+        adopted_by_one = weighted_sum([avg_a, avg_a], [wa, wb], name)
+        np.testing.assert_allclose(adopted_by_one, before, rtol=0, atol=atol)
+        adopted_by_each = weighted_sum([avg_a, avg_b], [wa, wb], name)
+        np.testing.assert_allclose(adopted_by_each, before, rtol=0, atol=atol)
+
+
+@RELAXED
+@given(data=st.data(), wa=weights, wb=weights)
+def test_the_average_lies_between_the_two_models(data: st.DataObject, wa: int, wb: int) -> None:
+    a, b = data.draw(model_pairs(np.dtype(np.float64)))
+    avg = weighted_average(a, wa, b, wb)
+    for name in a:
+        lo, hi = np.minimum(a[name], b[name]), np.maximum(a[name], b[name])
+        slack = 1e-12 * (1 + np.abs(a[name]) + np.abs(b[name]))
+        assert np.all(avg[name] >= lo - slack)
+        assert np.all(avg[name] <= hi + slack)
+
+
+def test_weighted_average_example() -> None:
+    a = {"w": np.array([0.0, 4.0])}
+    b = {"w": np.array([8.0, 0.0])}
+    assert weighted_average(a, 3, b, 1)["w"].tolist() == [2.0, 3.0]
+    assert weighted_average(a, 0, b, 0)["w"].tolist() == [4.0, 2.0]  # no samples: plain mean
+    assert weighted_average(a, 0, b, 5)["w"].tolist() == [8.0, 0.0]  # ours has no weight
+
+
+def test_merge_delta_keeps_training_done_during_the_exchange() -> None:
+    snapshot = {"w": np.array([1.0, 2.0], np.float32)}
+    theirs = {"w": np.array([3.0, 6.0], np.float32)}
+    trained_meanwhile = {"w": snapshot["w"] + np.float32(0.5)}
+    delta = merge_delta(snapshot, theirs, 0.25)
+    assert delta["w"].dtype == np.float32
+    assert delta["w"].tolist() == [0.5, 1.0]
+    # The average of the snapshots plus the local step taken in between.
+    assert (trained_meanwhile["w"] + delta["w"]).tolist() == [2.0, 3.5]
+    assert merge_delta(snapshot, theirs, 0.0)["w"].tolist() == [0.0, 0.0]
+    assert merge_delta(snapshot, theirs, 1.0)["w"].tolist() == [2.0, 4.0]
+
+
+# ---------------------------------------------------------------------------------- distances
+
+
+@RELAXED
+@given(data=st.data())
+def test_consensus_distance_to_itself_is_zero(data: st.DataObject) -> None:
+    x, _ = data.draw(model_pairs(np.dtype(np.float64)))
+    assert consensus_distance(x, x) == 0.0
+
+
+@RELAXED
+@given(data=st.data(), scale=st.sampled_from([-3.0, 0.5, 2.0, 1024.0]))
+def test_consensus_distance_is_scale_invariant(data: st.DataObject, scale: float) -> None:
+    x, y = data.draw(model_pairs(np.dtype(np.float64)))
+    d = consensus_distance(x, y)
+    scaled = consensus_distance(
+        {k: scale * v for k, v in x.items()}, {k: scale * v for k, v in y.items()}
+    )
+    if math.isinf(d):
+        assert math.isinf(scaled)
+    else:
+        assert scaled == pytest.approx(d, rel=1e-9, abs=1e-12)
+
+
+def test_consensus_distance_values() -> None:
+    x = {"w": np.array([3.0, 0.0]), "b": np.array([4.0])}
+    zero = {k: np.zeros_like(v) for k, v in x.items()}
+    assert norm(x) == 5.0
+    assert consensus_distance(x, zero) == 1.0
+    assert consensus_distance(x, {k: 2 * v for k, v in x.items()}) == 1.0
+    assert consensus_distance(x, {k: -v for k, v in x.items()}) == 2.0
+    assert consensus_distance(zero, zero) == 0.0
+    assert consensus_distance(zero, x) == math.inf
+    # Relative to ours, so not symmetric.
+    assert consensus_distance({"w": np.array([1.0])}, {"w": np.array([3.0])}) == 2.0
+    assert consensus_distance({"w": np.array([3.0])}, {"w": np.array([1.0])}) == pytest.approx(
+        2 / 3
+    )
+
+
+def test_consensus_distance_mixes_dtypes_in_float64() -> None:
+    ours = {"w": np.array([1.0], np.float16)}
+    theirs = {"w": np.array([1.0 + 2**-20], np.float64)}
+    assert consensus_distance(ours, theirs) == pytest.approx(2**-20)
+
+
+# ---------------------------------------------------------------------------------- gossip
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_pairwise_exchanges_converge_to_the_weighted_average(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 8
+    models: list[Tensors] = [
+        {"w": rng.normal(0, 10, (3, 2)), "b": rng.normal(0, 10, 4)} for _ in range(n)
+    ]
+    ws = [int(w) for w in rng.integers(0, 1000, n)]
+    ws[0] = 0  # a peer without data still converges to the others' average
+    total = sum(ws)
+    sums = {k: weighted_sum(models, ws, k) for k in models[0]}
+    target = {k: s / total for k, s in sums.items()}
+
+    for _ in range(600):
+        i, j = (int(v) for v in rng.choice(n, 2, replace=False))
+        models[i], models[j] = (
+            weighted_average(models[i], ws[i], models[j], ws[j]),
+            weighted_average(models[j], ws[j], models[i], ws[i]),
+        )
+        for k, s in sums.items():
+            np.testing.assert_allclose(weighted_sum(models, ws, k), s, rtol=1e-9, atol=1e-9)
+
+    for m in models:
+        for k in m:
+            np.testing.assert_allclose(m[k], target[k], rtol=0, atol=1e-5)

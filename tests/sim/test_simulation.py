@@ -1,0 +1,114 @@
+"""Many nodes on the in-memory transport, same gossip core, virtual time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.sim import VectorLearner, build_simulation
+
+
+def _random_learners(n: int, seed: int, dim: int = 50) -> list[VectorLearner]:
+    rng = np.random.default_rng(seed)
+    return [
+        VectorLearner(
+            {"w": rng.normal(size=(dim,)).astype(np.float32), "b": rng.normal(size=(3, 2))},
+            samples=int(rng.integers(1, 500)),
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("n", [2, 5, 16])
+async def test_without_training_all_converge_to_the_exact_weighted_average(
+    n: int, autojump_clock: trio.abc.Clock
+) -> None:
+    learners = _random_learners(n, seed=n)
+    sim = build_simulation(learners, seed=n)
+    target = sim.weighted_mean()
+    async with trio.open_nursery() as nursery:
+        await sim.run(nursery)
+        with trio.fail_after(3600):  # virtual seconds
+            while sim.max_deviation(target) > 1e-5:
+                await trio.sleep(5)
+                # the weighted sum is conserved at every moment no exchange is half-applied
+                if not any(node._busy for node in sim.nodes):
+                    now = sim.weighted_mean()
+                    assert all(np.allclose(now[k], target[k], atol=1e-5) for k in target)
+        nursery.cancel_scope.cancel()
+    assert sim.max_deviation(target) <= 1e-5
+    assert all(node.counters.completed > 0 for node in sim.nodes)
+    assert all(node.counters.refused == 0 and node.counters.failed == 0 for node in sim.nodes)
+
+
+async def test_peers_learn_each_other_through_one_bootstrap(autojump_clock: trio.abc.Clock) -> None:
+    sim = build_simulation(_random_learners(8, seed=1))
+    async with trio.open_nursery() as nursery:
+        await sim.run(nursery)
+        with trio.fail_after(600):
+            while any(len(node.view) < 7 for node in sim.nodes):
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    # everyone knows everyone, not only the bootstrap node
+    assert all(len(node.view) == 7 for node in sim.nodes)
+    partners = {p for node in sim.nodes[1:] for p in node.neighbours}
+    assert len(partners) > 2
+
+
+async def test_one_exchange_at_a_time_busy_peers_decline(autojump_clock: trio.abc.Clock) -> None:
+    # very frequent gossip among few peers forces collisions
+    gossip = GossipConfig(interval=0.05, exchange_timeout=10.0, discovery_interval=1.0)
+    learners = _random_learners(3, seed=3)
+    sim = build_simulation(learners, gossip=gossip, full_view=True, latency=0.02)
+    target = sim.weighted_mean()
+    async with trio.open_nursery() as nursery:
+        await sim.run(nursery)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert sum(node.counters.declined for node in sim.nodes) > 0
+    assert sum(node.counters.declined_inbound for node in sim.nodes) == sum(
+        node.counters.declined for node in sim.nodes
+    )
+    assert sim.max_deviation(target) <= 1e-5
+
+
+async def test_training_during_exchanges_keeps_every_step(autojump_clock: trio.abc.Clock) -> None:
+    """Exchanges take time (latency) while training goes on. The samples-weighted sum of all
+    models must equal the initial sum plus every training update ever made: a merge that
+    overwrote the model with the average of the snapshot it sent would lose the steps taken
+    during the exchange and break this identity."""
+    rng = np.random.default_rng(7)
+    learners = [
+        VectorLearner(
+            {"w": rng.normal(size=(20,))},
+            samples=int(rng.integers(50, 150)),
+            target={"w": rng.normal(size=(20,))},
+            learning_rate=0.01,
+        )
+        for _ in range(6)
+    ]
+    initial = sum(lrn.samples * lrn.tensors["w"] for lrn in learners)
+    training = TrainingConfig(enabled=True, steps_per_second=20.0, eval_interval=5.0)
+    gossip = GossipConfig(interval=0.5, exchange_timeout=10.0, discovery_interval=1.0)
+    sim = build_simulation(learners, gossip=gossip, training=training, latency=0.05)
+    async with trio.open_nursery() as nursery:
+        await sim.run(nursery)
+        await trio.sleep(200)
+        with trio.fail_after(10):
+            while any(node._busy for node in sim.nodes):
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert all(lrn.steps > 3000 for lrn in learners)
+    assert sum(node.counters.completed for node in sim.nodes) > 300
+    expected = initial + sum(lrn.samples * lrn.trained["w"] for lrn in learners)
+    actual = sum(lrn.samples * lrn.tensors["w"] for lrn in learners)
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+    # and gossip keeps the models far closer together than their private targets
+    def spread(vectors: list[np.ndarray]) -> float:
+        return max(float(np.max(np.abs(a - b))) for a in vectors for b in vectors)
+
+    assert learners[0].target is not None
+    targets = spread([lrn.target["w"] for lrn in learners if lrn.target is not None])
+    assert spread([lrn.tensors["w"] for lrn in learners]) < 0.25 * targets
