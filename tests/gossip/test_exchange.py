@@ -176,9 +176,20 @@ def test_responder_declines(msg: Propose, busy: bool, closing: bool, reason: str
     answer = ex.receive_propose(msg, busy=busy, closing=closing)
     assert isinstance(answer, Decline)
     assert answer.reason == reason
+    if reason != "incompatible":
+        assert answer.detail == ""  # docs/protocol.md 7.3
     assert ex.phase is Phase.DECLINED
     with pytest.raises(LocalProtocolError):
         ex.receive(offer())
+
+
+def test_responder_decline_details() -> None:
+    wrong_fp = responder().receive_propose(propose(fingerprint=b"\x00" * 32), busy=False)
+    assert wrong_fp == Decline(
+        "incompatible", "model fingerprint differs (names, shapes or dtypes)"
+    )
+    too_big = responder().receive_propose(propose(model_bytes=MAX_MODEL_BYTES + 1), busy=False)
+    assert too_big == Decline("incompatible", f"model of {MAX_MODEL_BYTES + 1} bytes is too large")
 
 
 def test_responder_accepts_a_model_exactly_at_the_size_limit() -> None:

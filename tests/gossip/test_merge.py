@@ -126,7 +126,7 @@ def test_merge_delta_keeps_training_done_during_the_exchange() -> None:
     theirs = {"w": np.array([3.0, 6.0], np.float32)}
     trained_meanwhile = {"w": snapshot["w"] + np.float32(0.5)}
     delta = merge_delta(snapshot, theirs, 0.25)
-    assert delta["w"].dtype == np.float32
+    assert delta["w"].dtype == np.float64  # added in float64, rounded once by the caller
     assert delta["w"].tolist() == [0.5, 1.0]
     # The average of the snapshots plus the local step taken in between.
     assert (trained_meanwhile["w"] + delta["w"]).tolist() == [2.0, 3.5]
@@ -208,3 +208,11 @@ def test_random_pairwise_exchanges_converge_to_the_weighted_average(seed: int) -
     for m in models:
         for k in m:
             np.testing.assert_allclose(m[k], target[k], rtol=0, atol=1e-5)
+
+
+def test_float16_models_far_apart_merge_without_overflow() -> None:
+    a = {"w": np.array([-60000.0, 1.0], np.float16)}
+    b = {"w": np.array([60000.0, 3.0], np.float16)}
+    avg = weighted_average(a, 1, b, 1)["w"]
+    assert np.isfinite(avg).all()
+    assert avg.tolist() == [0.0, 2.0]

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossiplearn.errors import DecodeError
+from gossiplearn.gossip.framing import frame_header
 from gossiplearn.gossip.messages import (
     DECLINE_REASONS,
     PROTOCOL_VERSION,
@@ -106,8 +107,8 @@ def assert_same_message(got: Message, want: Message) -> None:
     assert list(got.tensors) == list(want.tensors)  # order kept
     for name, arr in want.tensors.items():
         out = got.tensors[name]
-        wire = WIRE_DTYPES[out.dtype.name]
-        assert out.dtype == wire  # always little-endian on our side
+        wire = WIRE_DTYPES[arr.dtype.name]  # same width, little-endian
+        assert out.dtype == wire
         assert out.shape == arr.shape
         # Bit-exact, NaN payloads included.
         assert out.tobytes() == np.ascontiguousarray(arr, dtype=wire).tobytes()
@@ -181,6 +182,24 @@ def _decode_only_decode_error(frame: bytes) -> None:
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_raise_only_decode_error(frame: bytes) -> None:
     _decode_only_decode_error(frame)
+
+
+@RELAXED
+@given(messages, st.data())
+def test_corrupted_frames_raise_only_decode_error(msg: Message, data: st.DataObject) -> None:
+    """Valid frames with a few bytes overwritten, cut or inserted: reaches the deep checks."""
+    frame = bytearray(encode(msg))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(frame)))
+        edit = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        byte = data.draw(st.integers(0, 255))
+        if edit == "insert" or pos == len(frame):
+            frame.insert(pos, byte)
+        elif edit == "set":
+            frame[pos] = byte
+        else:
+            del frame[pos]
+    _decode_only_decode_error(bytes(frame))
 
 
 @pytest.mark.slow
@@ -343,6 +362,8 @@ HOSTILE = {
     "wrong version": {"v": PROTOCOL_VERSION + 1},
     "no version": {"v": ...},
     "version as text": {"v": str(PROTOCOL_VERSION)},
+    "version as bool": {"v": True},
+    "version as float": {"v": float(PROTOCOL_VERSION)},
     "unknown type": {"t": "gradient"},
     "no type": {"t": ...},
     "NaN accuracy": {"acc": math.nan},
@@ -490,3 +511,70 @@ def test_specs_of_uses_wire_names_for_either_byte_order() -> None:
     assert fingerprint(specs_of(tensors_)) == fingerprint(
         [TensorSpec("b", "float16", (3,)), TensorSpec("w", "float32", (2, 3))]
     )
+
+
+def test_a_dimension_above_the_frame_limit_is_refused_whatever_its_position() -> None:
+    # zero-size tensors decode, but no single dimension may exceed the frame limit: the
+    # decision must not depend on the order of the dims
+    big = LIMITS.max_frame + 1
+    for shape in [(0, big), (big, 0)]:
+        offer = ModelOffer(b"fp", 1, 1, None, None, {"w": np.zeros(shape, np.float32)})
+        with pytest.raises(DecodeError, match="too large"):
+            decode(encode(offer), limits=LIMITS)
+    offer = ModelOffer(b"fp", 1, 1, None, None, {"w": np.zeros((0, 5), np.float32)})
+    got = decode(encode(offer), limits=LIMITS)
+    assert isinstance(got, ModelOffer) and got.tensors["w"].shape == (0, 5)
+
+
+# ---------------------------------------------------------------------------------- spec examples
+# The worked examples of docs/protocol.md section 12: another implementation is built from them.
+
+MLP_SPECS = [
+    TensorSpec("0.weight", "float32", (64, 64)),
+    TensorSpec("0.bias", "float32", (64,)),
+    TensorSpec("2.weight", "float32", (10, 64)),
+    TensorSpec("2.bias", "float32", (10,)),
+]
+MLP_FP = bytes.fromhex("dc1cd007ad2525616dcfe9761705f2300e15e80c995d9eb65d3df81d93571b60")
+
+
+def test_spec_12_1_fingerprint_of_the_digits_mlp() -> None:
+    assert fingerprint(MLP_SPECS) == MLP_FP
+    tensors_ = {s.name: np.zeros(s.shape, np.float32) for s in MLP_SPECS}
+    assert fingerprint(specs_of(tensors_)) == MLP_FP
+
+
+def test_spec_12_2_propose_frame() -> None:
+    tensors_ = {s.name: np.zeros(s.shape, np.float32) for s in MLP_SPECS}
+    mb = encoded_model_size(tensors_)
+    assert mb == 19834
+    body = encode(Propose(MLP_FP, 1438, mb))
+    assert frame_header(len(body)) + body == bytes.fromhex(
+        "0000003e85a17601a174a770726f706f7365a26670c420dc1cd007ad2525616dcfe9761705f2300e15e8"
+        "0c995d9eb65d3df81d93571b60a16ecd059ea26d62cd4d7a"
+    )
+
+
+def test_spec_12_3_accept_and_decline() -> None:
+    assert encode(Accept()) == bytes.fromhex("82a17601a174a6616363657074")
+    assert encode(Decline("busy")) == bytes.fromhex(
+        "84a17601a174a76465636c696e65a6726561736f6ea462757379a664657461696ca0"
+    )
+
+
+def test_spec_12_4_model_offer() -> None:
+    b = np.array([1.0, -0.5], np.float32)
+    fp = fingerprint(specs_of({"b": b}))
+    assert fp == bytes.fromhex("e2ba62f19995bd6a2f42752dd06518197e76dfd43ce77cc34ddd51075a3101d9")
+    body = encode(ModelOffer(fp, 3, 0, None, None, {"b": b}))
+    assert frame_header(len(body)) + body == (
+        bytes.fromhex("0000006688a17601a174a56d6f64656ca26670c420")
+        + fp
+        + bytes.fromhex(
+            "a16e03a5737465707300a3616363c0a46c6f7373c0a774656e736f72739194a162"
+            "a7666c6f617433329102c4080000803f000000bf"
+        )
+    )
+    with_metrics = encode(ModelOffer(fp, 3, 7, 0.75, None, {"b": b}))
+    assert bytes.fromhex("a5737465707307") in with_metrics
+    assert bytes.fromhex("a3616363cb3fe8000000000000") in with_metrics

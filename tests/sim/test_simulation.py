@@ -105,6 +105,7 @@ async def test_training_during_exchanges_keeps_every_step(autojump_clock: trio.a
     expected = initial + sum(lrn.samples * lrn.trained["w"] for lrn in learners)
     actual = sum(lrn.samples * lrn.tensors["w"] for lrn in learners)
     np.testing.assert_allclose(actual, expected, atol=1e-6)
+
     # and gossip keeps the models far closer together than their private targets
     def spread(vectors: list[np.ndarray]) -> float:
         return max(float(np.max(np.abs(a - b))) for a in vectors for b in vectors)

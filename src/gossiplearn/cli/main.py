@@ -42,8 +42,8 @@ def cli() -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
 def init(home: Path | None) -> None:
     """Create the peer's home: an Ed25519 identity (mode 0600) and a commented peer.toml."""
-    from gossiplearn.peer.app import init_home
     from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.home import init_home
 
     try:
         result = init_home(resolve_home(home))
@@ -86,8 +86,12 @@ START_FLAGS: dict[str, str] = {
 
 @cli.command()
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
-@click.option("--listen", multiple=True, help="Multiaddr to listen on (repeatable); /tcp/0 = free port.")
-@click.option("--bootstrap", multiple=True, help="Member multiaddr ending in /p2p/<id> (repeatable).")
+@click.option(
+    "--listen", multiple=True, help="Multiaddr to listen on (repeatable); /tcp/0 = free port."
+)
+@click.option(
+    "--bootstrap", multiple=True, help="Member multiaddr ending in /p2p/<id> (repeatable)."
+)
 @click.option("--dial-timeout", type=float, help="Seconds a dial may take.")
 @click.option("--gossip-interval", type=float, help="Mean seconds between exchanges we start.")
 @click.option("--exchange-timeout", type=float, help="Seconds before an exchange is abandoned.")
@@ -99,7 +103,9 @@ START_FLAGS: dict[str, str] = {
 @click.option("--max-steps", type=int, help="Stop training after this many steps (0 = never).")
 @click.option("--eval-interval", type=float, help="Seconds between validation evaluations.")
 @click.option("--threads", type=int, help="Torch CPU threads.")
-@click.option("--training/--no-training", default=None, help="Train locally (default) or only average.")
+@click.option(
+    "--training/--no-training", default=None, help="Train locally (default) or only average."
+)
 @click.option("--task", help="digits | tabular | package.module:function")
 @click.option("--shard", help="digits: this member's shard I/N.")
 @click.option("--partition", help="digits: iid | dirichlet:ALPHA.")
@@ -108,8 +114,12 @@ START_FLAGS: dict[str, str] = {
 @click.option("--data", help="tabular: CSV file.")
 @click.option("--target", help="tabular: class-label column.")
 @click.option("--model", help="tabular: logistic | mlp.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def start(home: Path | None, log_level: str, **flags: Any) -> None:
     """Run this company's peer in the foreground until Ctrl-C or SIGTERM."""
     from gossiplearn.peer.app import run_peer
@@ -179,9 +189,16 @@ def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> No
 
 @cli.command()
 @click.option("--peers", type=click.IntRange(2, 64), default=6, show_default=True)
-@click.option("--seconds", type=click.FloatRange(5, 3600), default=30.0, show_default=True,
-              help="How long the peers gossip and train.")
-@click.option("--partition", default="dirichlet:0.5", show_default=True, help="iid | dirichlet:ALPHA")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(5, 3600),
+    default=30.0,
+    show_default=True,
+    help="How long the peers gossip and train.",
+)
+@click.option(
+    "--partition", default="dirichlet:0.5", show_default=True, help="iid | dirichlet:ALPHA"
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the peers' homes and logs afterwards.")
 def demo(peers: int, seconds: float, partition: str, seed: int, keep: bool) -> None:
@@ -189,8 +206,9 @@ def demo(peers: int, seconds: float, partition: str, seed: int, keep: bool) -> N
     from gossiplearn.demo.runner import DemoSettings, run_demo
 
     try:
-        run_demo(DemoSettings(peers=peers, seconds=seconds, partition=partition, seed=seed,
-                              keep=keep))
+        run_demo(
+            DemoSettings(peers=peers, seconds=seconds, partition=partition, seed=seed, keep=keep)
+        )
     except UserError as exc:
         _fail(exc)
     except KeyboardInterrupt:

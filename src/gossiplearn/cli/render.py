@@ -70,7 +70,9 @@ def render_status(s: dict[str, Any]) -> Group:
     head.add_row("loss", f"{_num(m.get('loss'))}  {_trend(trend.get('loss'), False)}")
     cd = s.get("consensus_distance")
     cd10 = s.get("consensus_distance_mean10")
-    head.add_row("consensus", f"{_num(cd)} last, {_num(cd10)} mean of last 10 (‖ours−theirs‖/‖ours‖)")
+    head.add_row(
+        "consensus", f"{_num(cd)} last, {_num(cd10)} mean of last 10 (‖ours−theirs‖/‖ours‖)"
+    )
     t = s["training"]
     head.add_row(
         "training",
@@ -82,10 +84,13 @@ def render_status(s: dict[str, Any]) -> Group:
     head.add_row(
         "exchanges",
         f"{e['completed']} completed, {e['declined']} declined, {e['failed']} failed, "
-        f"{e['refused']} refused" + (f" ({refused})" if refused else "")
+        f"{e['refused']} refused"
+        + (f" ({refused})" if refused else "")
         + f"; we declined {e.get('declined_inbound', 0)} while busy",
     )
-    head.add_row("traffic", f"{_bytes(s['bytes_sent'])} sent, {_bytes(s['bytes_received'])} received")
+    head.add_row(
+        "traffic", f"{_bytes(s['bytes_sent'])} sent, {_bytes(s['bytes_received'])} received"
+    )
 
     nb = Table(title=f"neighbours ({len(s['neighbours'])})", title_justify="left")
     for col in ("peer", "last exchange", "exchanges", "their accuracy", "distance", "state"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import base58
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -119,7 +120,7 @@ def load_key_file(path: Path) -> Identity:
         )
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UserError(f"identity key {path} is not a valid PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise UserError(f"identity key {path} is not an Ed25519 key")

@@ -34,8 +34,8 @@ from gossiplearn.demo.baselines import (
     shard_task,
 )
 from gossiplearn.errors import UserError
-from gossiplearn.peer.app import init_home
 from gossiplearn.peer.config import TrainingConfig
+from gossiplearn.peer.home import init_home
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME
 from gossiplearn.peer.status import fetch_status
 from gossiplearn.tasks.base import TaskOptions
@@ -119,24 +119,37 @@ def _check_alive(peers: list[PeerProcess]) -> None:
     for p in peers:
         if p.proc.poll() is not None:
             raise UserError(
-                f"peer {p.index} exited with code {p.proc.returncode}; its log ends:\n{_tail(p.log)}"
+                f"peer {p.index} exited with code {p.proc.returncode}; "
+                f"its log ends:\n{_tail(p.log)}"
             )
 
 
 def _status(home: Path) -> dict[str, Any] | None:
     try:
-        return trio.run(fetch_status, home, 2.0)
+        return trio.run(fetch_status, home)
     except UserError:
         return None
 
 
-def _table(peers: list[PeerProcess], statuses: list[dict[str, Any] | None], elapsed: float,
-           s: DemoSettings) -> Table:
-    phase = "training + gossip" if elapsed < s.seconds * s.train_share else "gossip only (consensus)"
-    t = Table(title=f"{s.peers} peers, digits {s.partition} — {elapsed:4.0f}/{s.seconds:.0f} s, {phase}",
-              title_justify="left")
-    for col in ("peer", "neighbours", "exchanges", "steps", "val. accuracy", "loss",
-                "consensus distance"):
+def _table(
+    peers: list[PeerProcess], statuses: list[dict[str, Any] | None], elapsed: float, s: DemoSettings
+) -> Table:
+    phase = (
+        "training + gossip" if elapsed < s.seconds * s.train_share else "gossip only (consensus)"
+    )
+    t = Table(
+        title=f"{s.peers} peers, digits {s.partition} — {elapsed:4.0f}/{s.seconds:.0f} s, {phase}",
+        title_justify="left",
+    )
+    for col in (
+        "peer",
+        "neighbours",
+        "exchanges",
+        "steps",
+        "val. accuracy",
+        "loss",
+        "consensus distance",
+    ):
         t.add_column(col, justify="right")
     for p, st in zip(peers, statuses, strict=True):
         if st is None:
@@ -177,7 +190,9 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
     peers: list[PeerProcess] = []
     t0 = time.monotonic()
     try:
-        console.print(f"[bold]gossiplearn demo[/]: {s.peers} peer processes on 127.0.0.1, homes in {root}")
+        console.print(
+            f"[bold]gossiplearn demo[/]: {s.peers} peer processes on 127.0.0.1, homes in {root}"
+        )
         # Peer 1's address is known before it starts (its identity is created here, its port
         # picked here), so all peers start at once; the others retry until peer 1 is up.
         homes = [init_home(root / f"peer{i}") for i in range(1, s.peers + 1)]
@@ -198,8 +213,11 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
         start = time.monotonic()
         live_terminal = console.is_terminal
         last_print = 0.0
-        with Live(console=console, refresh_per_second=2, transient=False,
-                  auto_refresh=False) if live_terminal else _Null() as live:
+        with (
+            Live(console=console, refresh_per_second=2, transient=False, auto_refresh=False)
+            if live_terminal
+            else _Null() as live
+        ):
             while (elapsed := time.monotonic() - start) < s.seconds:
                 _check_alive(peers)
                 table = _table(peers, [_status(p.home) for p in peers], elapsed, s)
@@ -218,8 +236,10 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
         _stop(peers)
         for p in peers:
             if p.proc.returncode != 0:
-                raise UserError(f"peer {p.index} did not stop cleanly (exit {p.proc.returncode}):\n"
-                                f"{_tail(p.log)}")
+                raise UserError(
+                    f"peer {p.index} did not stop cleanly (exit {p.proc.returncode}):\n"
+                    f"{_tail(p.log)}"
+                )
         summary = _summarise(s, peers, final, console)
         summary["seconds_total"] = time.monotonic() - t0
         console.print(f"demo finished in {summary['seconds_total']:.0f} s")
@@ -243,8 +263,9 @@ class _Null:
         return None
 
 
-def _summarise(s: DemoSettings, peers: list[PeerProcess], final: list[dict[str, Any] | None],
-               console: Console) -> dict[str, Any]:
+def _summarise(
+    s: DemoSettings, peers: list[PeerProcess], final: list[dict[str, Any] | None], console: Console
+) -> dict[str, Any]:
     console.print("evaluating every peer's saved model on the common test set, and the baselines …")
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and leaves a core free
     options = TaskOptions(seed=s.seed, shard=(1, s.peers), partition=s.partition)
@@ -258,9 +279,12 @@ def _summarise(s: DemoSettings, peers: list[PeerProcess], final: list[dict[str, 
         local.append(local_only_accuracy(task, config, n, seed=s.seed + p.index))
     central = centralised_accuracy(options, config, sum(steps))
     exchanges = [st["exchanges"]["completed"] for st in final if st]
-    distances = [st["consensus_distance_mean10"] for st in final if st and
-                 st.get("consensus_distance_mean10") is not None]
-    summary = {
+    distances = [
+        st["consensus_distance_mean10"]
+        for st in final
+        if st and st.get("consensus_distance_mean10") is not None
+    ]
+    summary: dict[str, Any] = {
         "peers": s.peers,
         "partition": s.partition,
         "gossip_mean": statistics.fmean(gossip),
@@ -277,14 +301,26 @@ def _summarise(s: DemoSettings, peers: list[PeerProcess], final: list[dict[str, 
     t.add_column("mean", justify="right")
     t.add_column("worst peer", justify="right")
     t.add_column("how", justify="left")
-    t.add_row("gossip", f"{100 * summary['gossip_mean']:.1f}%", f"{100 * summary['gossip_worst']:.1f}%",
-              f"{s.peers} peers, {summary['steps_per_peer']:.0f} steps and "
-              f"{summary['exchanges_per_peer']:.0f} exchanges each")
-    t.add_row("local-only", f"{100 * summary['local_mean']:.1f}%", f"{100 * summary['local_worst']:.1f}%",
-              "each shard alone, same steps, no gossip")
-    t.add_row("centralised", f"{100 * central:.1f}%", "", f"one model on the union, {sum(steps)} steps")
+    t.add_row(
+        "gossip",
+        f"{100 * summary['gossip_mean']:.1f}%",
+        f"{100 * summary['gossip_worst']:.1f}%",
+        f"{s.peers} peers, {summary['steps_per_peer']:.0f} steps and "
+        f"{summary['exchanges_per_peer']:.0f} exchanges each",
+    )
+    t.add_row(
+        "local-only",
+        f"{100 * summary['local_mean']:.1f}%",
+        f"{100 * summary['local_worst']:.1f}%",
+        "each shard alone, same steps, no gossip",
+    )
+    t.add_row(
+        "centralised", f"{100 * central:.1f}%", "", f"one model on the union, {sum(steps)} steps"
+    )
     console.print(t)
     gap = 100 * (central - summary["gossip_mean"])
     gain = 100 * (summary["gossip_mean"] - summary["local_mean"])
-    console.print(f"gossip is {gap:.1f} points from centralised and {gain:.1f} points above local-only")
+    console.print(
+        f"gossip is {gap:.1f} points from centralised and {gain:.1f} points above local-only"
+    )
     return summary

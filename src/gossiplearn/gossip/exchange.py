@@ -140,7 +140,9 @@ class ResponderExchange:
         self.max_model_bytes = max_model_bytes
         self.phase = Phase.IDLE
 
-    def receive_propose(self, msg: Message, *, busy: bool, closing: bool = False) -> Accept | Decline:
+    def receive_propose(
+        self, msg: Message, *, busy: bool, closing: bool = False
+    ) -> Accept | Decline:
         """Answer a proposal. ``busy``: we are in another exchange right now."""
         if self.phase is not Phase.IDLE:
             raise LocalProtocolError(f"proposal already answered ({self.phase.value})")

@@ -29,7 +29,8 @@ def merge_weight(own_samples: int, their_samples: int) -> float:
 
 
 def merge_delta(snapshot: Tensors, theirs: Tensors, alpha: float) -> dict[str, np.ndarray]:
-    """``alpha * (theirs - snapshot)`` per tensor, in the snapshot's dtype.
+    """``alpha * (theirs - snapshot)`` per tensor, in float64 (the caller adds it to its model
+    in float64 and rounds once, so a float16 model cannot overflow in between).
 
     ``theirs`` must have the snapshot's names and shapes (checked by the exchange beforehand).
     """
@@ -37,7 +38,7 @@ def merge_delta(snapshot: Tensors, theirs: Tensors, alpha: float) -> dict[str, n
     for name, mine in snapshot.items():
         other = theirs[name]
         diff = other.astype(np.float64, copy=False) - mine.astype(np.float64, copy=False)
-        out[name] = (alpha * diff).astype(mine.dtype, copy=False)
+        out[name] = alpha * diff
     return out
 
 
@@ -45,7 +46,7 @@ def weighted_average(a: Tensors, wa: int, b: Tensors, wb: int) -> dict[str, np.n
     """The merge result when no training happens in between: ``a + merge_delta(a, b, ...)``."""
     alpha = merge_weight(wa, wb)
     delta = merge_delta(a, b, alpha)
-    return {k: (a[k] + delta[k]).astype(a[k].dtype, copy=False) for k in a}
+    return {k: (a[k].astype(np.float64) + delta[k]).astype(a[k].dtype) for k in a}
 
 
 def norm(tensors: Tensors) -> float:
@@ -61,9 +62,10 @@ def consensus_distance(ours: Tensors, theirs: Tensors) -> float:
     """``||ours - theirs|| / ||ours||`` over all tensors (``inf`` if ours is all zero)."""
     diff = 0.0
     for name, mine in ours.items():
-        d = theirs[name].astype(np.float64, copy=False).ravel() - mine.astype(
-            np.float64, copy=False
-        ).ravel()
+        d = (
+            theirs[name].astype(np.float64, copy=False).ravel()
+            - mine.astype(np.float64, copy=False).ravel()
+        )
         diff += float(np.dot(d, d))
     base = norm(ours)
     if base == 0.0:

@@ -189,7 +189,10 @@ def encoded_model_size(tensors: Mapping[str, np.ndarray]) -> int:
 
 
 def decode(frame: bytes, *, limits: Limits) -> Message:
-    """Parse one frame body. Raises ``DecodeError``, and only ``DecodeError``, on anything invalid."""
+    """Parse one frame body.
+
+    Raises ``DecodeError``, and only ``DecodeError``, on anything invalid.
+    """
     if len(frame) > limits.max_frame:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
     try:
@@ -264,7 +267,7 @@ def _decode_body(body: Any, limits: Limits) -> Message:
 
 def _get(body: dict[str, Any], key: str, typ: type) -> Any:
     value = body.get(key)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
         raise DecodeError(f"field {key!r} must be {typ.__name__}, got {type(value).__name__}")
     return value
 
@@ -304,14 +307,18 @@ def _decode_tensor(item: Any, limits: Limits) -> tuple[str, np.ndarray]:
     if not isinstance(wire, str) or wire not in WIRE_DTYPES:
         raise DecodeError(f"tensor {name!r}: unsupported dtype {wire!r}")
     if not isinstance(shape, list) or len(shape) > limits.max_ndim:
-        raise DecodeError(f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} dims")
+        raise DecodeError(
+            f"tensor {name!r}: shape must be a list of at most {limits.max_ndim} dims"
+        )
     count = 1
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
             raise DecodeError(f"tensor {name!r}: bad dimension {dim!r}")
+        if dim > limits.max_frame:  # keeps the product below (max_frame ** max_ndim)
+            raise DecodeError(f"tensor {name!r}: dimension {dim} too large")
         count *= dim
-        if count > limits.max_frame:  # also guards the multiplication against huge values
-            raise DecodeError(f"tensor {name!r}: shape {shape} too large")
+    if count > limits.max_frame:
+        raise DecodeError(f"tensor {name!r}: shape {shape} too large")
     if not isinstance(data, bytes):
         raise DecodeError(f"tensor {name!r}: data must be bytes")
     dtype = WIRE_DTYPES[wire]

@@ -76,11 +76,7 @@ class PeerView:
     def learn_all(self, records: Iterable[PeerRecord], now: float, source: str) -> list[str]:
         """Learn the records ``source`` sent; returns the IDs that were new. Only the record
         ``source`` gives for itself is authoritative."""
-        return [
-            r.peer_id
-            for r in records
-            if self.learn(r, now, authoritative=r.peer_id == source)
-        ]
+        return [r.peer_id for r in records if self.learn(r, now, authoritative=r.peer_id == source)]
 
     def mark_connected(self, peer_id: str, now: float) -> None:
         if peer_id == self.self_id:

@@ -7,30 +7,21 @@ gossip gracefully (the exchange in flight may finish) and saves the model before
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 import signal
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import trio
 
-from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, create_key_file, load_key_file
+from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, load_key_file
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
-from gossiplearn.peer.config import (
-    CONFIG_FILE_NAME,
-    DEFAULT_CONFIG_TEXT,
-    PeerConfig,
-    load_config_file,
-    with_overrides,
-)
+from gossiplearn.peer.config import CONFIG_FILE_NAME, PeerConfig, load_config_file, with_overrides
+from gossiplearn.peer.home import home_lock
 from gossiplearn.peer.host import Libp2pTransport
 from gossiplearn.peer.learner import ThreadedLearner
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model, save_model
@@ -43,52 +34,7 @@ from gossiplearn.tasks.registry import load_task
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE_NAME = "peer.lock"
 STOP_GRACE = 10.0  # seconds an exchange in flight may take to finish at shutdown
-
-
-@dataclass(frozen=True)
-class InitResult:
-    home: Path
-    peer_id: str
-    created_key: bool
-    created_config: bool
-
-
-def init_home(home: Path) -> InitResult:
-    """Create the home, its identity key (0600) and a commented peer.toml; never overwrite."""
-    try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        identity, created_key = create_key_file(home / KEY_FILE_NAME)
-        config = home / CONFIG_FILE_NAME
-        created_config = False
-        if not config.exists():
-            config.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
-            created_config = True
-    except OSError as exc:
-        raise UserError(f"cannot initialise {home}: {exc.strerror or exc}") from None
-    return InitResult(home, identity.peer_id, created_key, created_config)
-
-
-@contextmanager
-def home_lock(home: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the home for the peer's lifetime."""
-    path = home / LOCK_FILE_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise UserError(
-                f"another peer (pid {other or '?'}) is already running in {home}; "
-                "stop it first or use another --home"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 def load_peer_config(home: Path, overrides: Mapping[str, Any]) -> PeerConfig:
@@ -153,7 +99,10 @@ async def run_peer(
     *,
     on_ready: Callable[[Node], None] = lambda node: None,
 ) -> None:
-    """Run a peer in the foreground until SIGINT/SIGTERM. Raises ``UserError`` for set-up problems."""
+    """Run a peer in the foreground until SIGINT/SIGTERM.
+
+    Raises ``UserError`` for set-up problems (no identity, bad config, home already in use).
+    """
     if not (home / KEY_FILE_NAME).exists():
         raise UserError(f"{home} has no identity yet; run `gossiplearn init --home {home}` first")
     with home_lock(home):

@@ -119,7 +119,10 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise bad from None
     if isinstance(default, str):
         if not isinstance(value, str):
             raise bad
@@ -152,9 +155,8 @@ def build_config(data: Mapping[str, Any], where: str, base: PeerConfig | None = 
     cfg = base or PeerConfig()
     for section, values in data.items():
         if section not in SECTIONS:
-            raise UserError(
-                f"{where}: unknown section [{section}]; known: {', '.join(f'[{s}]' for s in SECTIONS)}"
-            )
+            known_sections = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise UserError(f"{where}: unknown section [{section}]; known: {known_sections}")
         if not isinstance(values, Mapping):
             raise UserError(f"{where}: [{section}] must be a table")
         current = getattr(cfg, section)
@@ -172,9 +174,8 @@ def build_config(data: Mapping[str, Any], where: str, base: PeerConfig | None = 
             elif section == "task":
                 extra[key] = value
             else:
-                raise UserError(
-                    f"{where}: unknown key {key!r} in [{section}]; known: {', '.join(sorted(known))}"
-                )
+                names = ", ".join(sorted(known))
+                raise UserError(f"{where}: unknown key {key!r} in [{section}]; known: {names}")
         if extra:
             updates["params"] = {**current.params, **extra}
         cfg = replace(cfg, **{section: replace(current, **updates)})
@@ -189,6 +190,8 @@ def load_config_file(path: Path) -> PeerConfig:
         return PeerConfig()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

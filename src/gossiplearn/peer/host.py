@@ -54,7 +54,9 @@ def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multi
     except Exception as exc:  # noqa: BLE001 - multiaddr raises assorted types
         raise UserError(f"{text!r} is not a valid multiaddr ({exc})") from None
     if need_peer_id and "/p2p/" not in str(addr):
-        raise UserError(f"{text!r} must end in /p2p/<peer id> (copy it from the peer's start output)")
+        raise UserError(
+            f"{text!r} must end in /p2p/<peer id> (copy it from the peer's start output)"
+        )
     return addr
 
 
@@ -99,7 +101,7 @@ class Libp2pStream:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
                 await self._s.reset()
-            except Exception:  # noqa: BLE001 - reset is best effort by contract
+            except Exception:
                 log.debug("reset of stream to %s failed", self._remote, exc_info=True)
 
 
@@ -129,9 +131,11 @@ class Libp2pTransport:
         host = new_host(
             key_pair=kp,
             sec_opt={
-                NOISE_PROTOCOL_ID: NoiseTransport(kp, noise_privkey=new_x25519_key_pair().private_key)
+                NOISE_PROTOCOL_ID: NoiseTransport(
+                    kp, noise_privkey=new_x25519_key_pair().private_key
+                )
             },
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},  # type: ignore[dict-item]
             listen_addrs=addrs,
             connection_config=ConnectionConfig(
                 dial_timeout=dial_timeout,
@@ -150,7 +154,9 @@ class Libp2pTransport:
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
                         await host.close()
         except OSError as exc:
-            raise UserError(f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}") from None
+            raise UserError(
+                f"cannot listen on {', '.join(listen)}: {exc.strerror or exc}"
+            ) from None
 
     @property
     def peer_id(self) -> str:
@@ -172,7 +178,7 @@ class Libp2pTransport:
             ours = Libp2pStream(stream)
             try:
                 await handler(ours)
-            except Exception:  # noqa: BLE001 - per-stream boundary, see module docstring
+            except Exception:
                 log.exception("handler for %s from %s failed", protocol, ours.remote_peer)
                 await ours.reset()
 
@@ -196,7 +202,7 @@ class Libp2pTransport:
             self._host.get_peerstore().add_addrs(peer, list(addrs), ADDR_TTL)
         # py-libp2p refuses every dial to a peer for 60 s after one failure; our own backoff
         # (PeerView) decides when to retry, so clear its cache first.
-        network.unblock_peer(peer)
+        network.unblock_peer(peer)  # type: ignore[attr-defined]  # on Swarm, not the ABC
         try:
             with trio.fail_after(self._dial_timeout):
                 await network.dial_peer(peer)

@@ -185,8 +185,8 @@ class Node:
     async def _discovery_loop(self) -> None:
         """Join through the bootstrap addresses, then keep learning peers from peers.
 
-        While we know nobody, the bootstrap addresses are redialled with growing backoff (py-libp2p's
-        own bootstrap never retries).
+        While we know nobody, the bootstrap addresses are redialled with growing backoff
+        (py-libp2p's own bootstrap never retries).
         """
         backoff = 1.0
         while True:
@@ -202,7 +202,9 @@ class Node:
                 await self.ask_peers(peer)
             # learn quickly while the view is small, then settle to the configured pace
             pace = self.config.gossip.discovery_interval if len(self.view) >= 8 else 1.0
-            await trio.sleep(min(pace, self.config.gossip.discovery_interval) * self.rng.uniform(0.8, 1.2))
+            await trio.sleep(
+                min(pace, self.config.gossip.discovery_interval) * self.rng.uniform(0.8, 1.2)
+            )
 
     async def _dial_bootstrap(self) -> bool:
         joined = False
@@ -447,7 +449,7 @@ class Node:
         """Everything ``gossiplearn status`` shows, JSON-serialisable."""
         latest = self.history.latest
         now_mono = trio.current_time()
-        neighbours = []
+        neighbours: list[dict[str, Any]] = []
         for entry in self.view.entries():
             stats = self.neighbours.get(entry.peer_id, NeighbourStats(entry.peer_id))
             neighbours.append(
@@ -506,7 +508,9 @@ class Node:
             ],
             "consensus_distance": _finite(self.consensus[-1][1]) if self.consensus else None,
             "consensus_distance_mean10": sum(recent) / len(recent) if recent else None,
-            "consensus_history": [{"time": t, "distance": d} for t, d in list(self.consensus)[-60:]],
+            "consensus_history": [
+                {"time": t, "distance": d} for t, d in list(self.consensus)[-60:]
+            ],
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
         }
@@ -542,4 +546,3 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
-

@@ -62,9 +62,9 @@ class VectorLearner:
         await trio.lowlevel.checkpoint()
         if self.target is not None:
             for _ in range(count):
-                for k, v in self.tensors.items():
-                    update = (self.learning_rate * (self.target[k] - v)).astype(v.dtype)
-                    v += update
+                for k, tensor in self.tensors.items():
+                    update = (self.learning_rate * (self.target[k] - tensor)).astype(tensor.dtype)
+                    np.add(tensor, update, out=tensor)
                     self.trained[k] += update
         self._steps += count
         return self._steps
@@ -77,9 +77,9 @@ class VectorLearner:
         self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
     ) -> float:
         await trio.lowlevel.checkpoint()
-        for k, v in self.tensors.items():
+        for k, tensor in self.tensors.items():
             diff = theirs[k].astype(np.float64) - snapshot[k].astype(np.float64)
-            v += (alpha * diff).astype(v.dtype)
+            tensor[...] = (tensor.astype(np.float64) + alpha * diff).astype(tensor.dtype)
         return consensus_distance(snapshot, theirs)
 
     async def evaluate(self) -> dict[str, float]:
@@ -100,8 +100,12 @@ class Simulation:
         total = sum(learner.samples for learner in self.learners)
         names = self.learners[0].tensors.keys()
         return {
-            k: sum(
-                (lrn.samples / total) * lrn.tensors[k].astype(np.float64) for lrn in self.learners
+            k: np.sum(
+                [
+                    (lrn.samples / total) * lrn.tensors[k].astype(np.float64)
+                    for lrn in self.learners
+                ],
+                axis=0,
             )
             for k in names
         }

@@ -67,14 +67,20 @@ async def serve_status(
             await stream.aclose()
 
     try:
-        async with listener:
-            await trio.serve_listeners(handle, [listener], task_status=task_status)
+        async with listener, trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, [listener])
+            task_status.started()
     finally:
         path.unlink(missing_ok=True)
 
 
-async def fetch_status(home: Path, timeout: float = 5.0) -> dict[str, Any]:
-    """Read the running peer's status. ``UserError`` (one clear line) if no peer answers."""
+STATUS_TIMEOUT = 5.0  # seconds
+
+
+async def fetch_status(home: Path) -> dict[str, Any]:
+    """Read the running peer's status. ``UserError`` (one clear line) if no peer answers
+    within ``STATUS_TIMEOUT``."""
+    timeout = STATUS_TIMEOUT
     path = socket_path(home)
     _check_length(path)
     no_peer = UserError(

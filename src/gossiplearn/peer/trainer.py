@@ -77,7 +77,7 @@ class Trainer:
                 self.model.train()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self.task.loss(self.model(data.features[idx]), data.labels[idx])
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 self.optimizer.step()
                 self.steps += 1
                 self.samples_seen += len(idx)
@@ -111,7 +111,9 @@ class Trainer:
         distance = consensus_distance(snapshot, theirs)
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
-                t.add_(torch.from_numpy(delta[name]).to(t.device))
+                # add in float64, then round once to the tensor's dtype (no float16 overflow)
+                merged = t.to(torch.float64) + torch.from_numpy(delta[name]).to(t.device)
+                t.copy_(merged.to(t.dtype))
         return distance
 
     def load(self, tensors: Mapping[str, np.ndarray]) -> None:

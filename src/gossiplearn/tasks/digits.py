@@ -85,9 +85,16 @@ def make_task(options: TaskOptions) -> Task:
 def union_of_shards(options: TaskOptions) -> Dataset:
     """The training data of all shards together (what centralised training would see)."""
     _, count = options.shard
-    parts = [make_task(TaskOptions(options.seed, (i, count), options.partition,
-                                   options.validation_fraction, options.params)).train
-             for i in range(1, count + 1)]
-    return Dataset(
-        torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts])
-    )
+    parts = [
+        make_task(
+            TaskOptions(
+                options.seed,
+                (i, count),
+                options.partition,
+                options.validation_fraction,
+                options.params,
+            )
+        ).train
+        for i in range(1, count + 1)
+    ]
+    return Dataset(torch.cat([p.features for p in parts]), torch.cat([p.labels for p in parts]))

@@ -27,8 +27,10 @@ def resolve(name: str) -> TaskFactory:
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import task module {module_name!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - user code may fail to import in any way
+        raise UserError(
+            f"cannot import task module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"{module_name!r} has no callable {attr!r} (task {name!r})")
@@ -42,7 +44,7 @@ def load_task(name: str, options: TaskOptions) -> Task:
         task = factory(options)
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - user code: report, don't crash with a traceback
+    except Exception as exc:
         raise UserError(f"task {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise UserError(f"task {name!r} returned {type(task).__name__}, not gossiplearn Task")

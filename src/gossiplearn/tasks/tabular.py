@@ -53,7 +53,9 @@ def read_csv(
         raise UserError(f"data file {path} is empty; it needs a header row and data rows")
     header = [h.strip() for h in rows[0]]
     if target not in header:
-        raise UserError(f"{path}: no column {target!r} (columns: {', '.join(header)}); fix --target")
+        raise UserError(
+            f"{path}: no column {target!r} (columns: {', '.join(header)}); fix --target"
+        )
     if columns is None:
         columns = [h for h in header if h != target]
     missing = [c for c in columns if c not in header]
@@ -89,7 +91,9 @@ def read_csv(
         classes = sorted(set(labels))
     unknown = sorted(set(labels) - set(classes))
     if unknown:
-        raise UserError(f"{path}: labels {unknown[:5]} in {target!r} are not among classes {classes}")
+        raise UserError(
+            f"{path}: labels {unknown[:5]} in {target!r} are not among classes {classes}"
+        )
     if len(classes) < 2:
         raise UserError(f"{path}: {target!r} needs at least 2 classes, found {classes}")
     index = {c: i for i, c in enumerate(classes)}

@@ -1,0 +1,191 @@
+"""The CLI as real processes: init, three peers with bootstrap, status, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model
+
+CLI = [sys.executable, "-m", "gossiplearn"]
+DEADLINE = 90.0
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    # Unix socket paths are limited to 107 bytes: keep homes short
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gl-") as d:
+        yield Path(d)
+
+
+def test_init_creates_a_private_key_and_never_overwrites_it(short_tmp: Path) -> None:
+    home = short_tmp / "a"
+    first = run("init", "--home", str(home))
+    assert first.returncode == 0, first.stderr
+    key = home / "identity.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (home / "peer.toml").read_text().startswith("#")
+    peer_id = first.stdout.strip().splitlines()[-1].split()[-1]
+    assert peer_id.startswith("12D3KooW")
+    before = key.read_bytes()
+    second = run("init", "--home", str(home))
+    assert second.returncode == 0
+    assert second.stdout.strip().splitlines()[-1].split()[-1] == peer_id
+    assert key.read_bytes() == before
+
+
+def test_init_uses_gossiplearn_home_env(short_tmp: Path) -> None:
+    home = short_tmp / "env-home"
+    env = dict(os.environ, GOSSIPLEARN_HOME=str(home))
+    done = subprocess.run(
+        [*CLI, "init"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (home / "identity.key").exists()
+
+
+def test_status_without_a_running_peer_prints_one_line_and_exits_1(short_tmp: Path) -> None:
+    home = short_tmp / "idle"
+    assert run("init", "--home", str(home)).returncode == 0
+    done = run("status", "--home", str(home))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no peer is running" in lines[0]
+
+
+def test_bad_flag_value_is_a_clear_error(short_tmp: Path) -> None:
+    home = short_tmp / "bad"
+    assert run("init", "--home", str(home)).returncode == 0
+    done = run("start", "--home", str(home), "--gossip-interval", "-1")
+    assert done.returncode == 1
+    assert "gossip.interval" in done.stderr and "> 0" in done.stderr
+    done = run("start", "--home", str(home), "--partition", "zipf")
+    assert done.returncode == 1 and "dirichlet:ALPHA" in done.stderr
+    done = run("start", "--home", str(short_tmp / "nohome"))
+    assert done.returncode == 1 and "gossiplearn init" in done.stderr
+
+
+class Peer:
+    def __init__(self, home: Path, shard: str, bootstrap: str | None = None) -> None:
+        self.home = home
+        args = [
+            "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
+            "--shard", shard, "--partition", "iid", "--gossip-interval", "0.5",
+            "--steps-per-second", "20", "--eval-interval", "0.5", "--log-level", "info",
+        ]  # fmt: skip
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        self.out = (home.parent / f"{home.name}.out").open("w+")
+        self.err = (home.parent / f"{home.name}.err").open("w+")
+        self.proc = subprocess.Popen([*CLI, *args], stdout=self.out, stderr=self.err, text=True)
+
+    def address(self) -> str:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            self.out.seek(0)
+            for line in self.out.read().splitlines():
+                if "/p2p/" in line and line.strip().startswith("/ip4/"):
+                    return line.strip()
+            time.sleep(0.1)
+        raise AssertionError("no address printed")
+
+    def status(self) -> dict[str, Any] | None:
+        done = run("status", "--home", str(self.home), "--json", timeout=30)
+        if done.returncode != 0:
+            return None
+        data: dict[str, Any] = json.loads(done.stdout)
+        return data
+
+    def log(self) -> str:
+        self.err.seek(0)
+        return self.err.read()[-3000:]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.out.close()
+            self.err.close()
+
+
+def test_three_peers_started_by_hand_gossip_and_stop_cleanly(short_tmp: Path) -> None:
+    homes = [short_tmp / f"p{i}" for i in (1, 2, 3)]
+    for home in homes:
+        assert run("init", "--home", str(home)).returncode == 0
+    peers = [Peer(homes[0], "1/3")]
+    try:
+        first = peers[0].address()
+        assert first.startswith("/ip4/127.0.0.1/tcp/")
+        peers += [Peer(homes[1], "2/3", first), Peer(homes[2], "3/3", first)]
+        deadline = time.monotonic() + DEADLINE
+        early: dict[int, float] = {}
+        statuses: list[dict[str, Any] | None] = [None, None, None]
+        while time.monotonic() < deadline:
+            for p in peers:
+                assert p.proc.poll() is None, p.log()
+            statuses = [p.status() for p in peers]
+            for i, st in enumerate(statuses):
+                if st and st["consensus_distance"] is not None and i not in early:
+                    early[i] = st["consensus_distance_mean10"] or st["consensus_distance"]
+            if all(
+                st and len(st["neighbours"]) == 2 and st["exchanges"]["completed"] >= 20
+                for st in statuses
+            ):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"peers did not all gossip in time: {statuses}")
+        for st in statuses:
+            assert st is not None
+            for key in (
+                "peer_id",
+                "addrs",
+                "neighbours",
+                "exchanges",
+                "metrics",
+                "consensus_distance",
+                "bytes_sent",
+                "bytes_received",
+            ):
+                assert key in st
+            assert {"accuracy", "loss"} <= set(st["metrics"])
+            assert all("peer_id" in n for n in st["neighbours"])
+            assert st["bytes_sent"] > 0 and st["bytes_received"] > 0
+            # independent initialisations meet: the distance falls
+            late = st["consensus_distance_mean10"]
+            assert late is not None
+        assert all(
+            statuses[i]["consensus_distance_mean10"] < early[i]  # type: ignore[index]
+            for i in early
+        ), (early, [s["consensus_distance_mean10"] for s in statuses if s])
+        human = run("status", "--home", str(homes[2]))
+        assert human.returncode == 0 and "neighbours (2)" in human.stdout
+    finally:
+        codes = [p.stop() for p in peers]
+    assert codes == [0, 0, 0], [p.log() for p in peers]
+    for home in homes:
+        saved = load_model(home / MODEL_FILE_NAME)
+        assert saved.steps > 0
+        assert not (home / "status.sock").exists()

