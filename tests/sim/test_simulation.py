@@ -108,8 +108,9 @@ async def test_training_during_exchanges_keeps_every_step(autojump_clock: trio.a
 
     # and gossip keeps the models far closer together than their private targets
     def spread(vectors: list[np.ndarray]) -> float:
-        return max(float(np.max(np.abs(a - b))) for a in vectors for b in vectors)
+        centre = np.mean(vectors, axis=0)
+        return float(np.sqrt(np.mean([np.sum((v - centre) ** 2) for v in vectors])))
 
-    assert learners[0].target is not None
     targets = spread([lrn.target["w"] for lrn in learners if lrn.target is not None])
-    assert spread([lrn.tensors["w"] for lrn in learners]) < 0.25 * targets
+    models = spread([lrn.tensors["w"] for lrn in learners])
+    assert models < 0.3 * targets, (models, targets)

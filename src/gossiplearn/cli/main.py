@@ -65,6 +65,8 @@ START_FLAGS: dict[str, str] = {
     "gossip_interval": "gossip.interval",
     "exchange_timeout": "gossip.exchange_timeout",
     "discovery_interval": "gossip.discovery_interval",
+    "attempts": "gossip.attempts",
+    "weight_decay": "training.weight_decay",
     "learning_rate": "training.learning_rate",
     "momentum": "training.momentum",
     "batch_size": "training.batch_size",
@@ -96,8 +98,10 @@ START_FLAGS: dict[str, str] = {
 @click.option("--gossip-interval", type=float, help="Mean seconds between exchanges we start.")
 @click.option("--exchange-timeout", type=float, help="Seconds before an exchange is abandoned.")
 @click.option("--discovery-interval", type=float, help="Seconds between peer-exchange requests.")
+@click.option("--attempts", type=int, help="Neighbours tried per round when they are busy.")
 @click.option("--learning-rate", type=float)
 @click.option("--momentum", type=float)
+@click.option("--weight-decay", type=float)
 @click.option("--batch-size", type=int)
 @click.option("--steps-per-second", type=float, help="Pace of local SGD steps (0 = unlimited).")
 @click.option("--max-steps", type=int, help="Stop training after this many steps (0 = never).")
