@@ -151,7 +151,9 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
 
 @cli.command()
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (with --watch: one per line)."
+)
 @click.option("--watch", is_flag=True, help="Refresh live until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="--watch refresh (s).")
 def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> None:
@@ -175,16 +177,16 @@ def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> No
 
                 Console().print(render_status(data))
             return
+        if as_json:  # one JSON object per line, for piping into other tools
+            while True:
+                click.echo(json.dumps(fetch()))
+                time.sleep(interval)
         from rich.live import Live
 
         with Live(render_status(fetch()), refresh_per_second=4, screen=False) as live:
             while True:
                 time.sleep(interval)
-                data = fetch()
-                if as_json:
-                    live.console.print_json(json.dumps(data))
-                else:
-                    live.update(render_status(data))
+                live.update(render_status(fetch()))
     except UserError as exc:
         _fail(exc)
     except KeyboardInterrupt:
