@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -82,6 +83,23 @@ def test_bad_flag_value_is_a_clear_error(short_tmp: Path) -> None:
     assert done.returncode == 1 and "dirichlet:ALPHA" in done.stderr
     done = run("start", "--home", str(short_tmp / "nohome"))
     assert done.returncode == 1 and "gossiplearn init" in done.stderr
+    done = run("start", "--home", str(home), "--bootstrap", "/ip4/127.0.0.1/tcp/1")
+    assert done.returncode == 1 and "/p2p/<peer id>" in done.stderr
+
+
+def test_a_port_already_in_use_is_refused(short_tmp: Path) -> None:
+    # py-libp2p binds with SO_REUSEPORT: without our check a second listener would share it
+    home = short_tmp / "port"
+    assert run("init", "--home", str(home)).returncode == 0
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run("start", "--home", str(home), "--listen", f"/ip4/127.0.0.1/tcp/{port}")
+    assert done.returncode == 1
+    assert "Address already in use" in done.stderr and str(port) in done.stderr
+    assert not (home / "model.glm").exists()
 
 
 class Peer:

@@ -22,7 +22,7 @@ from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
 from gossiplearn.peer.config import CONFIG_FILE_NAME, PeerConfig, load_config_file, with_overrides
 from gossiplearn.peer.home import home_lock
-from gossiplearn.peer.host import Libp2pTransport
+from gossiplearn.peer.host import Libp2pTransport, parse_multiaddr
 from gossiplearn.peer.learner import ThreadedLearner
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model, save_model
 from gossiplearn.peer.node import Node, NodeConfig
@@ -107,6 +107,8 @@ async def run_peer(
         raise UserError(f"{home} has no identity yet; run `gossiplearn init --home {home}` first")
     with home_lock(home):
         config = load_peer_config(home, overrides)
+        for addr in config.network.bootstrap:
+            parse_multiaddr(addr, need_peer_id=True)
         identity = load_key_file(home / KEY_FILE_NAME)
         torch.set_num_threads(config.training.threads)
         task = build_task(config)
@@ -120,10 +122,12 @@ async def run_peer(
             bootstrap=config.network.bootstrap,
             description=task.description or task.name,
         )
+        started = False
         try:
             async with Libp2pTransport.open(
                 identity, config.network.listen, dial_timeout=config.network.dial_timeout
             ) as transport:
+                started = True
                 node = Node(transport, learner, node_config)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(serve_status, home, node.status)
@@ -132,8 +136,9 @@ async def run_peer(
                     await _wait_for_signal(node)
                     nursery.cancel_scope.cancel()
         finally:
-            await trio.to_thread.run_sync(_save, trainer, model_path)
-            log.info("model saved to %s", model_path)
+            if started:  # a peer that never ran has nothing new to save
+                await trio.to_thread.run_sync(_save, trainer, model_path)
+                log.info("model saved to %s", model_path)
 
 
 async def _wait_for_signal(node: Node) -> None:

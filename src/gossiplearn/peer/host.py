@@ -10,6 +10,7 @@ cancellation, because an exception escaping a py-libp2p stream handler takes the
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -58,6 +59,33 @@ def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multi
             f"{text!r} must end in /p2p/<peer id> (copy it from the peer's start output)"
         )
     return addr
+
+
+def check_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Refuse a fixed TCP port that another process already listens on.
+
+    py-libp2p binds with SO_REUSEPORT (for hole punching), so a second peer on the same port
+    would start "successfully" and the kernel would split incoming connections between the two.
+    A probe bind without SO_REUSEPORT fails while any listener holds the port.
+    """
+    for addr in addrs:
+        text = str(addr)
+        parts = text.strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+            continue
+        host, port = parts[1], int(parts[3])
+        if port == 0:
+            continue
+        family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise UserError(
+                    f"cannot listen on {text}: {exc.strerror} (is another peer or program using "
+                    f"port {port}? pick another port in --listen, or /tcp/0 for a free one)"
+                ) from None
 
 
 class Libp2pStream:
@@ -127,6 +155,7 @@ class Libp2pTransport:
         """Start a host listening on ``listen``; closes it on exit. Raises UserError."""
         _quiet_libp2p()
         addrs = [parse_multiaddr(a) for a in listen]
+        check_ports_free(addrs)
         kp = _key_pair(identity)
         host = new_host(
             key_pair=kp,
