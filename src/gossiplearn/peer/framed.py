@@ -55,3 +55,31 @@ class FramedStream:
         if len(body) > THREAD_THRESHOLD:
             return await trio.to_thread.run_sync(lambda: decode(body, limits=limits))
         return decode(body, limits=limits)
+
+
+async def close_quietly(stream: Stream | None) -> None:
+    """Close after a completed exchange; a failure here no longer matters (the merge is done)."""
+    if stream is None:
+        return
+    try:
+        await stream.close()
+    except TransportError:
+        await stream.reset()
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf that is not a cancellation (a concurrent send/receive failed)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group

@@ -52,8 +52,9 @@ from gossiplearn.gossip.stats import (
     NeighbourStats,
 )
 from gossiplearn.peer.config import GossipConfig, TrainingConfig
-from gossiplearn.peer.framed import THREAD_THRESHOLD, FramedStream
+from gossiplearn.peer.framed import THREAD_THRESHOLD, FramedStream, close_quietly, first_error
 from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.report import finite, node_status
 from gossiplearn.peer.transport import Stream, Transport
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,6 @@ class Node:
         self._idle = trio.Event()
         self._idle.set()
         self._cancel: trio.CancelScope | None = None
-        self.latest: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -157,7 +157,6 @@ class Node:
     async def _evaluation_loop(self) -> None:
         while True:
             metrics = await self.learner.evaluate()
-            self.latest = metrics
             self.history.add(
                 MetricPoint(
                     time.time(), self.learner.steps, metrics.get("accuracy"), metrics.get("loss")
@@ -255,7 +254,7 @@ class Node:
             return 0
         finally:
             self._count_bytes(framed)
-        await _close_quietly(stream)
+        await close_quietly(stream)
         now = trio.current_time()
         self.view.success(peer, now)
         self.view.mark_connected(peer, now)
@@ -319,10 +318,10 @@ class Node:
                             peer,
                             exchange.decline.detail,
                         )
-                    await _close_quietly(stream)
+                    await close_quietly(stream)
                     return "declined"
                 await self._swap(framed, peer, exchange)
-            await _close_quietly(stream)
+            await close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
             self.counters.failed += 1
             self._fail(peer, f"exchange failed: {exc!r}")
@@ -362,7 +361,7 @@ class Node:
                     return
                 await self._swap(framed, peer, exchange)
                 self.counters.answered += 1
-            await _close_quietly(stream)
+            await close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
             if took_slot:
                 self.counters.failed += 1
@@ -387,8 +386,8 @@ class Node:
             fingerprint=self.local.fingerprint,
             samples=self.learner.samples,
             steps=self.learner.steps,
-            accuracy=_finite(latest.accuracy) if latest else None,
-            loss=_finite(latest.loss) if latest else None,
+            accuracy=finite(latest.accuracy) if latest else None,
+            loss=finite(latest.loss) if latest else None,
             tensors=snapshot,
         )
         if self.local.model_bytes > THREAD_THRESHOLD:
@@ -405,7 +404,7 @@ class Node:
                 nursery.start_soon(receive)
                 await framed.send_body(body)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         merge = exchange.receive(received[0])
         assert merge is not None
         distance = await self.learner.merge(snapshot, merge.offer.tensors, merge.alpha)
@@ -443,106 +442,6 @@ class Node:
             self.bytes_received += framed.bytes_received
             framed.bytes_sent = framed.bytes_received = 0
 
-    # ------------------------------------------------------------------ status
-
     def status(self) -> dict[str, Any]:
-        """Everything ``gossiplearn status`` shows, JSON-serialisable."""
-        latest = self.history.latest
-        now_mono = trio.current_time()
-        neighbours: list[dict[str, Any]] = []
-        for entry in self.view.entries():
-            stats = self.neighbours.get(entry.peer_id, NeighbourStats(entry.peer_id))
-            neighbours.append(
-                {
-                    "peer_id": entry.peer_id,
-                    "addrs": list(entry.addrs),
-                    "connected": entry.connected,
-                    "failures": entry.failures,
-                    "backoff_s": max(0.0, entry.retry_at - now_mono),
-                    "last_exchange": stats.last_exchange,
-                    "exchanges": stats.exchanges,
-                    "accuracy": stats.accuracy,
-                    "loss": stats.loss,
-                    "steps": stats.steps,
-                    "consensus_distance": _finite(stats.consensus_distance),
-                }
-            )
-        neighbours.sort(key=lambda n: n["last_exchange"] or 0.0, reverse=True)
-        c = self.counters
-        recent = [d for _, d in list(self.consensus)[-10:]]
-        return {
-            "peer_id": self.peer_id,
-            "addrs": self.transport.addrs(),
-            "started_at": self.started_at,
-            "uptime": time.time() - self.started_at,
-            "task": self.config.description,
-            "samples": self.learner.samples,
-            "busy": self._busy,
-            "neighbours": neighbours,
-            "exchanges": {
-                "completed": c.completed,
-                "declined": c.declined,
-                "failed": c.failed,
-                "refused": c.refused,
-                "initiated": c.initiated,
-                "answered": c.answered,
-                "declined_inbound": c.declined_inbound,
-                "refused_by_reason": dict(c.refused_by_reason),
-            },
-            "training": {
-                "enabled": self.config.training.enabled,
-                "steps": self.learner.steps,
-                "samples_seen": self.learner.samples_seen,
-                "max_steps": self.config.training.max_steps,
-                "steps_per_second": self.config.training.steps_per_second,
-            },
-            "metrics": {
-                "accuracy": latest.accuracy if latest else None,
-                "loss": latest.loss if latest else None,
-                "time": latest.time if latest else None,
-                "trend": self.history.trend(),
-            },
-            "history": [
-                {"time": p.time, "steps": p.steps, "accuracy": p.accuracy, "loss": p.loss}
-                for p in list(self.history.points)[-60:]
-            ],
-            "consensus_distance": _finite(self.consensus[-1][1]) if self.consensus else None,
-            "consensus_distance_mean10": sum(recent) / len(recent) if recent else None,
-            "consensus_history": [
-                {"time": t, "distance": d} for t, d in list(self.consensus)[-60:]
-            ],
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-        }
-
-
-async def _close_quietly(stream: Stream | None) -> None:
-    """Close after a completed exchange; a failure here no longer matters (the merge is done)."""
-    if stream is None:
-        return
-    try:
-        await stream.close()
-    except TransportError:
-        await stream.reset()
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf that is not a cancellation (a concurrent send/receive failed)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
-        if not isinstance(exc, trio.Cancelled):
-            return exc
-    return group
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
+        """Everything ``gossiplearn status`` shows, JSON-serialisable (see ``peer/report.py``)."""
+        return node_status(self)

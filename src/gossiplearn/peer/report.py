@@ -1,0 +1,91 @@
+"""The status report of a running node: what ``gossiplearn status`` shows (docs in README).
+
+A plain function over the node's state, so the status endpoint and the demo read the same
+fields. Every value is JSON-serialisable; non-finite floats become None.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gossiplearn.gossip.stats import NeighbourStats
+
+if TYPE_CHECKING:
+    from gossiplearn.peer.node import Node
+
+
+def finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def node_status(node: Node) -> dict[str, Any]:
+    """Everything ``gossiplearn status`` shows about ``node``, JSON-serialisable."""
+    latest = node.history.latest
+    now_mono = trio.current_time()
+    neighbours: list[dict[str, Any]] = []
+    for entry in node.view.entries():
+        stats = node.neighbours.get(entry.peer_id, NeighbourStats(entry.peer_id))
+        neighbours.append(
+            {
+                "peer_id": entry.peer_id,
+                "addrs": list(entry.addrs),
+                "connected": entry.connected,
+                "failures": entry.failures,
+                "backoff_s": max(0.0, entry.retry_at - now_mono),
+                "last_exchange": stats.last_exchange,
+                "exchanges": stats.exchanges,
+                "accuracy": stats.accuracy,
+                "loss": stats.loss,
+                "steps": stats.steps,
+                "consensus_distance": finite(stats.consensus_distance),
+            }
+        )
+    neighbours.sort(key=lambda n: n["last_exchange"] or 0.0, reverse=True)
+    c = node.counters
+    recent = [d for _, d in list(node.consensus)[-10:]]
+    return {
+        "peer_id": node.peer_id,
+        "addrs": node.transport.addrs(),
+        "started_at": node.started_at,
+        "uptime": time.time() - node.started_at,
+        "task": node.config.description,
+        "samples": node.learner.samples,
+        "busy": node._busy,
+        "neighbours": neighbours,
+        "exchanges": {
+            "completed": c.completed,
+            "declined": c.declined,
+            "failed": c.failed,
+            "refused": c.refused,
+            "initiated": c.initiated,
+            "answered": c.answered,
+            "declined_inbound": c.declined_inbound,
+            "refused_by_reason": dict(c.refused_by_reason),
+        },
+        "training": {
+            "enabled": node.config.training.enabled,
+            "steps": node.learner.steps,
+            "samples_seen": node.learner.samples_seen,
+            "max_steps": node.config.training.max_steps,
+            "steps_per_second": node.config.training.steps_per_second,
+        },
+        "metrics": {
+            "accuracy": latest.accuracy if latest else None,
+            "loss": latest.loss if latest else None,
+            "time": latest.time if latest else None,
+            "trend": node.history.trend(),
+        },
+        "history": [
+            {"time": p.time, "steps": p.steps, "accuracy": p.accuracy, "loss": p.loss}
+            for p in list(node.history.points)[-60:]
+        ],
+        "consensus_distance": finite(node.consensus[-1][1]) if node.consensus else None,
+        "consensus_distance_mean10": sum(recent) / len(recent) if recent else None,
+        "consensus_history": [{"time": t, "distance": d} for t, d in list(node.consensus)[-60:]],
+        "bytes_sent": node.bytes_sent,
+        "bytes_received": node.bytes_received,
+    }
