@@ -198,7 +198,7 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
         homes = [init_home(root / f"peer{i}") for i in range(1, s.peers + 1)]
         first = f"/ip4/127.0.0.1/tcp/{_free_port()}"
         addr = f"{first}/p2p/{homes[0].peer_id}"
-        console.print(f"peer 1 listens on {addr}; the others bootstrap off it")
+        console.print(f"peer 1 listens on {addr}; the others bootstrap off it", soft_wrap=True)
         peers.append(_start_peer(s, root, 1, first, None))
         peers += [
             _start_peer(s, root, i, "/ip4/127.0.0.1/tcp/0", addr) for i in range(2, s.peers + 1)

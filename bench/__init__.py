@@ -1,0 +1,1 @@
+"""gossiplearn benchmarks: ``make bench`` (``python -m bench``) rewrites docs/benchmarks.md."""

@@ -1,0 +1,121 @@
+"""Exchange speed between two real peers on 127.0.0.1 (TCP + Noise + yamux), beside the raw
+TCP loopback and the ChaCha20-Poly1305 cipher measured in the same run.
+
+MB/s of model data = 2 × 4 bytes × parameters / seconds per exchange (both models cross the
+link, one each way, concurrently).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+import trio
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from bench.report import Section
+from gossiplearn.crypto.identity import Identity
+from gossiplearn.gossip.messages import PeerRecord
+from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.host import Libp2pTransport
+from gossiplearn.peer.node import Node, NodeConfig
+from gossiplearn.peer.sim import VectorLearner
+
+SIZES = (1_000_000, 10_000_000)
+REPEATS = 3
+RAW_BYTES = 256 << 20
+
+
+async def _exchange(params: int) -> float:
+    """Seconds per exchange of a model of ``params`` float32 parameters (median of REPEATS)."""
+    config = NodeConfig(
+        gossip=GossipConfig(exchange_timeout=300.0), training=TrainingConfig(enabled=False)
+    )
+    rng = np.random.default_rng(0)
+    listen = ["/ip4/127.0.0.1/tcp/0"]
+    async with (
+        Libp2pTransport.open(Identity.generate(), listen) as ta,
+        Libp2pTransport.open(Identity.generate(), listen) as tb,
+    ):
+        a = Node(ta, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1), config)
+        b = Node(tb, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1), config)
+        ta.set_handler("/gossiplearn/exchange/1.0.0", a._on_exchange)
+        tb.set_handler("/gossiplearn/exchange/1.0.0", b._on_exchange)
+        await ta.connect(tb.addrs()[0])
+        a.view.learn(PeerRecord(tb.peer_id, tuple(tb.addrs())), trio.current_time())
+        times = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            outcome = await a.initiate(tb.peer_id)
+            times.append(time.perf_counter() - start)
+            assert outcome == "completed", outcome
+        return sorted(times)[len(times) // 2]
+
+
+async def _raw_tcp() -> float:
+    """MB/s through a plain trio TCP stream on loopback."""
+    chunk = b"\0" * (1 << 20)
+    done = trio.Event()
+    received = 0
+
+    async def sink(stream: trio.SocketStream) -> None:
+        nonlocal received
+        while data := await stream.receive_some(1 << 20):
+            received += len(data)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, sink, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        start = time.perf_counter()
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        for _ in range(RAW_BYTES // len(chunk)):
+            await stream.send_all(chunk)
+        await stream.aclose()
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return received / elapsed / 1e6
+
+
+def _cipher() -> float:
+    """MB/s of ChaCha20-Poly1305 encryption in 64 KiB chunks (Noise's cipher and frame size)."""
+    aead = ChaCha20Poly1305(os.urandom(32))
+    chunk = os.urandom(65535 - 16)
+    n = RAW_BYTES // len(chunk)
+    start = time.perf_counter()
+    for i in range(n):
+        aead.encrypt(i.to_bytes(12, "little"), chunk, None)
+    return n * len(chunk) / (time.perf_counter() - start) / 1e6
+
+
+def run() -> Section:
+    section = Section(
+        title="Exchange speed (two peers, 127.0.0.1)",
+        command="python -m bench",
+        settings=(
+            f"Two `Node`s over `Libp2pTransport` (TCP + Noise + yamux), training off, "
+            f"float32 models; median of {REPEATS} exchanges after the connection is up. "
+            "MB/s of model data = 2 × 4 B × parameters / seconds (both models cross the link)."
+        ),
+        header=["what", "parameters", "seconds per exchange", "MB/s"],
+    )
+    for params in SIZES:
+        print(f"  exchange of {params:,} parameters …", flush=True)
+        seconds = trio.run(_exchange, params)
+        mbps = 2 * 4 * params / seconds / 1e6
+        section.rows.append(["gossip exchange", f"{params:,}", f"{seconds:.2f}", f"{mbps:.1f}"])
+    print("  raw TCP and cipher …", flush=True)
+    section.rows.append(
+        ["raw trio TCP, loopback, one way", "256 MiB", "", f"{trio.run(_raw_tcp):.0f}"]
+    )
+    section.rows.append(["ChaCha20-Poly1305 encrypt, 64 KiB", "256 MiB", "", f"{_cipher():.0f}"])
+    section.notes.append(
+        "The gap between the exchange and its limits is py-libp2p's Python framing (Noise frames "
+        "of 64 KiB, yamux windows), not the cipher; see docs/libp2p-notes.md."
+    )
+    return section
