@@ -88,6 +88,8 @@ async def test_three_libp2p_peers_converge_to_the_exact_weighted_average() -> No
                 await trio.sleep(0.2)
         assert all(node.counters.completed > 0 for node, _ in nodes)
         assert all(len(node.view) == 2 for node, _ in nodes)  # peer exchange found the third
+        # honest averaging is never clipped by screening (clipping would break conservation)
+        assert all(node.counters.clipped == 0 for node, _ in nodes)
 
 
 async def test_a_peer_with_another_architecture_is_refused_with_a_clear_log_line(

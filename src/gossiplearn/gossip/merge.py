@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gossiplearn.gossip.screening import Measures
+
 Tensors = Mapping[str, np.ndarray]
 
 
@@ -60,14 +62,18 @@ def norm(tensors: Tensors) -> float:
 
 def consensus_distance(ours: Tensors, theirs: Tensors) -> float:
     """``||ours - theirs|| / ||ours||`` over all tensors (``inf`` if ours is all zero)."""
-    diff = 0.0
+    return measure(ours, theirs).relative_distance
+
+
+def measure(ours: Tensors, theirs: Tensors) -> Measures:
+    """Norms of both models and the distance between them, in one pass (for screening and the
+    consensus distance). ``theirs`` must have our names and shapes."""
+    ours_sq = theirs_sq = diff_sq = 0.0
     for name, mine in ours.items():
-        d = (
-            theirs[name].astype(np.float64, copy=False).ravel()
-            - mine.astype(np.float64, copy=False).ravel()
-        )
-        diff += float(np.dot(d, d))
-    base = norm(ours)
-    if base == 0.0:
-        return 0.0 if diff == 0.0 else math.inf
-    return math.sqrt(diff) / base
+        a = mine.astype(np.float64, copy=False).ravel()
+        b = theirs[name].astype(np.float64, copy=False).ravel()
+        d = b - a
+        ours_sq += float(np.dot(a, a))
+        theirs_sq += float(np.dot(b, b))
+        diff_sq += float(np.dot(d, d))
+    return Measures(math.sqrt(ours_sq), math.sqrt(theirs_sq), math.sqrt(diff_sq))

@@ -78,6 +78,10 @@ class PeerView:
         ``source`` gives for itself is authoritative."""
         return [r.peer_id for r in records if self.learn(r, now, authoritative=r.peer_id == source)]
 
+    def forget(self, peer_id: str) -> None:
+        """Drop a peer from the view (banned, or no longer a member)."""
+        self._peers.pop(peer_id, None)
+
     def mark_connected(self, peer_id: str, now: float) -> None:
         if peer_id == self.self_id:
             return

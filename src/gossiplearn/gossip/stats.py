@@ -26,6 +26,7 @@ class ExchangeCounters:
     initiated: int = 0
     answered: int = 0  # completed exchanges a remote started
     declined_inbound: int = 0  # proposals we declined (we were busy or closing)
+    clipped: int = 0  # merged, but with the remote's pull clipped (screening outliers)
     refused_by_reason: dict[str, int] = field(default_factory=dict)
 
     def refuse(self, reason: str) -> None:

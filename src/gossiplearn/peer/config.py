@@ -16,6 +16,7 @@ from typing import Any
 
 import platformdirs
 
+from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import UserError
 
 CONFIG_FILE_NAME = "peer.toml"
@@ -71,11 +72,25 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    consortium_key: str = ""  # key file; relative to the home; "" = no private network
+    screening: bool = True  # screen received models (norm and distance outliers)
+    max_norm_ratio: float = 10.0  # refuse a model whose norm is this far from the usual
+    ban_strikes: int = 3  # offences within ban_window that get a peer banned
+    ban_window: float = 60.0  # seconds
+    ban_seconds: float = 300.0  # how long a ban lasts
+    max_inbound_streams: int = 32  # concurrent inbound gossip streams, all peers together
+    max_streams_per_peer: int = 4  # concurrent inbound gossip streams from one peer
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    members: Members = field(default_factory=Members)
 
 
 SECTIONS: dict[str, type] = {
@@ -83,6 +98,8 @@ SECTIONS: dict[str, type] = {
     "gossip": GossipConfig,
     "training": TrainingConfig,
     "task": TaskConfig,
+    "security": SecurityConfig,
+    "members": Members,
 }
 
 # Checks beyond the type: (predicate, description of what is accepted).
@@ -102,6 +119,12 @@ _RULES: dict[str, tuple[Any, str]] = {
     "training.eval_interval": (lambda v: v > 0, "a number of seconds > 0"),
     "training.threads": (lambda v: v >= 1, "an integer >= 1"),
     "task.validation_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "security.max_norm_ratio": (lambda v: v > 1, "a number > 1"),
+    "security.ban_strikes": (lambda v: v >= 1, "an integer >= 1"),
+    "security.ban_window": (lambda v: v > 0, "a number of seconds > 0"),
+    "security.ban_seconds": (lambda v: v >= 0, "a number of seconds >= 0 (0 = never ban)"),
+    "security.max_inbound_streams": (lambda v: v >= 1, "an integer >= 1"),
+    "security.max_streams_per_peer": (lambda v: v >= 1, "an integer >= 1"),
 }
 
 
@@ -159,6 +182,9 @@ def build_config(data: Mapping[str, Any], where: str, base: PeerConfig | None = 
             raise UserError(f"{where}: unknown section [{section}]; known: {known_sections}")
         if not isinstance(values, Mapping):
             raise UserError(f"{where}: [{section}] must be a table")
+        if section == "members":
+            cfg = replace(cfg, members=Members.parse(values, where))
+            continue
         current = getattr(cfg, section)
         known = {f.name for f in fields(current)} - {"params"}
         updates: dict[str, Any] = {}
@@ -250,4 +276,21 @@ validation_fraction = 0.2    # share of local data held out for validation
 # columns = ["age", "income", "tenure"]
 # classes = ["churn", "stay"]
 # model = "logistic"         # logistic | mlp
+
+[security]
+# The consortium's network key (libp2p private network): only holders can connect.
+# Create one with `gossiplearn consortium create --out FILE`; mode 0600. Relative to this home.
+# consortium_key = "consortium.key"
+screening = true             # refuse or clip received models that are outliers
+max_norm_ratio = 10.0        # refuse a model whose norm is this many times off the usual
+ban_strikes = 3              # invalid messages within ban_window that get a peer banned
+ban_window = 60.0            # seconds
+ban_seconds = 300.0          # how long a ban lasts (0 = never ban)
+max_inbound_streams = 32     # concurrent inbound gossip streams, all peers together
+max_streams_per_peer = 4     # concurrent inbound gossip streams from one peer
+
+# The member list: when it is not empty, only these peers may connect (edit it with
+# `gossiplearn members add|remove|list`).
+[members]
+# "12D3KooW..." = "Acme Corp"
 """

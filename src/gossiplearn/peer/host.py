@@ -2,9 +2,14 @@
 
 The host is built with Noise (XX, Ed25519 identities) as its only security protocol and yamux
 as its only muxer: py-libp2p's default host also offers plaintext, which lets a dialer claim any
-peer ID (see docs/libp2p-notes.md). libp2p and multiaddr exceptions are translated to
-``TransportError`` here, once. Stream handlers run behind a boundary that catches everything but
-cancellation, because an exception escaping a py-libp2p stream handler takes the whole host down.
+peer ID (see docs/libp2p-notes.md). With a consortium key, every TCP connection is wrapped in
+libp2p's private-network layer (PSK) before anything else is said, so a dialer without the key
+cannot even negotiate a protocol. Right after the Noise handshake authenticates the remote, the
+node's *gate* (member list, bans) may refuse it: the connection is closed before the muxer is
+negotiated, so no stream, and no gossip protocol, can ever run with a refused peer.
+libp2p and multiaddr exceptions are translated to ``TransportError`` here, once. Stream handlers
+run behind a boundary that catches everything but cancellation, because an exception escaping
+a py-libp2p stream handler takes the whole host down.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from contextlib import asynccontextmanager
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -26,19 +31,32 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils.address_validation import expand_wildcard_address
 
+from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError, UserError
-from gossiplearn.peer.transport import Handler, Stream
+from gossiplearn.peer.transport import Gate, Handler, Stream, open_gate
 
 log = logging.getLogger(__name__)
 
 ADDR_TTL = 3600  # seconds a learnt address stays in libp2p's peerstore
+
+
+class _RootNoise(logging.Filter):
+    """py-libp2p logs "Error getting transport addresses" on the *root* logger for every inbound
+    connection when a PSK is in use (docs/libp2p-notes.md); it means nothing to a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Error getting transport addresses")
+
+
+_ROOT_NOISE = _RootNoise()
 
 
 def _quiet_libp2p() -> None:
@@ -46,6 +64,46 @@ def _quiet_libp2p() -> None:
     console should show our own account of what matters instead."""
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     logging.getLogger("multiaddr").setLevel(logging.CRITICAL)
+    root = logging.getLogger()
+    if _ROOT_NOISE not in root.filters:
+        root.addFilter(_ROOT_NOISE)
+
+
+class _GatedNoise(NoiseTransport):
+    """Noise, then the node's gate on the authenticated remote peer ID (member list, bans).
+
+    A refused peer's connection is closed and the upgrade fails with ``HandshakeFailure``, before
+    the muxer is negotiated: no stream can be opened on it, in either direction.
+    """
+
+    def __init__(self, key_pair: KeyPair, owner: _GateHolder) -> None:
+        super().__init__(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+        self._owner = owner
+
+    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
+        return await self._admit(await super().secure_inbound(conn))
+
+    async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
+        return await self._admit(await super().secure_outbound(conn, peer_id))
+
+    async def _admit(self, secure: ISecureConn) -> ISecureConn:
+        remote = str(secure.get_remote_peer())
+        reason = self._owner.gate(remote)
+        if reason is None:
+            return secure
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await secure.close()
+            except Exception:
+                log.debug("closing refused connection from %s failed", remote, exc_info=True)
+        raise HandshakeFailure(f"peer {remote} refused: {reason}")
+
+
+class _GateHolder:
+    """Lets the transport's gate be set after the host (and its Noise transport) is built."""
+
+    def __init__(self) -> None:
+        self.gate: Gate = open_gate
 
 
 def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
@@ -143,28 +201,36 @@ def _key_pair(identity: Identity) -> KeyPair:
 class Libp2pTransport:
     """``Transport`` on a py-libp2p host (TCP + Noise + yamux). Use ``open``."""
 
-    def __init__(self, host: IHost, dial_timeout: float) -> None:
+    def __init__(self, host: IHost, dial_timeout: float, gate: _GateHolder) -> None:
         self._host = host
         self._dial_timeout = dial_timeout
+        self._gate = gate
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, identity: Identity, listen: Sequence[str], *, dial_timeout: float = 10.0
+        cls,
+        identity: Identity,
+        listen: Sequence[str],
+        *,
+        dial_timeout: float = 10.0,
+        consortium_key: ConsortiumKey | None = None,
     ) -> AsyncIterator[Libp2pTransport]:
-        """Start a host listening on ``listen``; closes it on exit. Raises UserError."""
+        """Start a host listening on ``listen``; closes it on exit. Raises UserError.
+
+        With ``consortium_key``, only peers holding the same key can connect (libp2p private
+        network); others fail within ``dial_timeout``.
+        """
         _quiet_libp2p()
         addrs = [parse_multiaddr(a) for a in listen]
         check_ports_free(addrs)
         kp = _key_pair(identity)
+        holder = _GateHolder()
         host = new_host(
             key_pair=kp,
-            sec_opt={
-                NOISE_PROTOCOL_ID: NoiseTransport(
-                    kp, noise_privkey=new_x25519_key_pair().private_key
-                )
-            },
+            sec_opt={NOISE_PROTOCOL_ID: _GatedNoise(kp, holder)},
             muxer_opt={YAMUX_PROTOCOL_ID: Yamux},  # type: ignore[dict-item]
+            psk=consortium_key.hex if consortium_key is not None else None,
             listen_addrs=addrs,
             connection_config=ConnectionConfig(
                 dial_timeout=dial_timeout,
@@ -176,7 +242,7 @@ class Libp2pTransport:
             raise AssertionError("peer ID derivation disagrees with libp2p")
         try:
             async with host.run(listen_addrs=addrs):
-                transport = cls(host, dial_timeout)
+                transport = cls(host, dial_timeout, holder)
                 try:
                     yield transport
                 finally:
@@ -212,6 +278,19 @@ class Libp2pTransport:
                 await ours.reset()
 
         self._host.set_stream_handler(TProtocol(protocol), boundary)
+
+    def set_gate(self, gate: Gate) -> None:
+        self._gate.gate = gate
+
+    async def disconnect(self, peer_id: str) -> None:
+        try:
+            peer = ID.from_base58(peer_id)
+            with trio.move_on_after(self._dial_timeout):
+                await self._host.disconnect(peer)
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.debug("disconnecting %s failed", peer_id, exc_info=True)
 
     async def connect(self, addr: str) -> str:
         try:

@@ -41,7 +41,8 @@ class Learner(Protocol):
 
     async def merge(
         self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
-    ) -> float: ...
+    ) -> None:
+        """Add ``alpha * (theirs - snapshot)`` to the model (``theirs`` was checked)."""
 
     async def evaluate(self) -> dict[str, float]: ...
 
@@ -79,8 +80,8 @@ class ThreadedLearner:
 
     async def merge(
         self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
-    ) -> float:
-        return await trio.to_thread.run_sync(self.trainer.merge, snapshot, theirs, alpha)
+    ) -> None:
+        await trio.to_thread.run_sync(self.trainer.merge, snapshot, theirs, alpha)
 
     async def evaluate(self) -> dict[str, float]:
         return await trio.to_thread.run_sync(self.trainer.evaluate, limiter=self._limiter)

@@ -11,7 +11,14 @@ Invariants:
 - A merge is applied as a delta against the snapshot that was sent (see ``gossip.merge``), so
   training steps taken during the exchange are kept.
 - Nothing a remote sends escapes a handler: remote faults are counted and the stream reset.
-- Every network wait is under a deadline (``exchange_timeout``, ``dial_timeout``).
+- Every network wait is under a deadline (``exchange_timeout``, ``dial_timeout``), and the
+  model transfer under a tighter one derived from the model's size, so a slow drip cannot hold
+  the exchange slot.
+- Admission (``gate``): a banned peer, or one not on a non-empty member list, is refused when
+  its connection is authenticated, before any stream opens; inbound streams are bounded in
+  number, overall and per peer.
+- A peer that sends invalid data commits an offence (``gossip.penalties``); repeated offences
+  ban it for a while. Received models pass ``gossip.screening`` before they are merged.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import DecodeError, RemoteProtocolError, TransportError
 from gossiplearn.gossip.exchange import (
     InitiatorExchange,
@@ -35,6 +43,7 @@ from gossiplearn.gossip.exchange import (
     Refused,
     ResponderExchange,
 )
+from gossiplearn.gossip.merge import measure
 from gossiplearn.gossip.messages import (
     Accept,
     Limits,
@@ -44,18 +53,20 @@ from gossiplearn.gossip.messages import (
     PeersRequest,
     encode,
 )
+from gossiplearn.gossip.penalties import BanConfig, Penalties
 from gossiplearn.gossip.sampling import PeerView
+from gossiplearn.gossip.screening import Action, Screen, ScreeningConfig
 from gossiplearn.gossip.stats import (
     ExchangeCounters,
     MetricPoint,
     MetricsHistory,
     NeighbourStats,
 )
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
 from gossiplearn.peer.framed import THREAD_THRESHOLD, FramedStream, close_quietly, first_error
 from gossiplearn.peer.learner import Learner
 from gossiplearn.peer.report import finite, node_status
-from gossiplearn.peer.transport import Stream, Transport
+from gossiplearn.peer.transport import Handler, Stream, Transport
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,9 @@ CONTROL_LIMITS = Limits(max_frame=64 * 1024)
 PEERS_LIMITS = Limits(max_frame=256 * 1024)
 PEERS_PER_REPLY = 64
 MODEL_MARGIN = 1.05  # inbound model frames may exceed our own encoded size by 5% (+ 64 KiB)
+CONTROL_TIMEOUT = 10.0  # seconds for a proposal or a peer-exchange message, at most
+MIN_TRANSFER_RATE = 1 << 20  # bytes/s: a model arriving slower than this is abandoned
+TRANSFER_SLACK = 5.0  # seconds added to the transfer deadline
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,9 @@ class NodeConfig:
     training: TrainingConfig
     bootstrap: tuple[str, ...] = ()
     description: str = ""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    members: Members = field(default_factory=Members)
+    consortium_key_id: str | None = None  # the private network's key id, if any
 
 
 class Node:
@@ -100,6 +117,22 @@ class Node:
         self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
         max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
         self.model_limits = Limits(max_frame=max_model, max_tensors=len(self.local.specs) + 1)
+        sec = config.security
+        self.members = config.members
+        self.screen = Screen(
+            ScreeningConfig(enabled=sec.screening, max_norm_ratio=sec.max_norm_ratio)
+        )
+        self.penalties = Penalties(
+            BanConfig(strikes=sec.ban_strikes, window=sec.ban_window, ban_seconds=sec.ban_seconds)
+        )
+        self.control_timeout = min(config.gossip.exchange_timeout, CONTROL_TIMEOUT)
+        self.transfer_timeout = min(
+            config.gossip.exchange_timeout, TRANSFER_SLACK + max_model / MIN_TRANSFER_RATE
+        )
+        self.connections_refused: dict[str, int] = {}
+        self.streams_refused: dict[str, int] = {}
+        self.offences: dict[str, int] = {}
+        self._inbound: dict[str, int] = {}
         self._busy = False
         self._closing = False
         self._idle = trio.Event()
@@ -110,6 +143,7 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every loop until cancelled or ``stop`` is called."""
+        self.transport.set_gate(self.gate)
         self.transport.set_handler(EXCHANGE_PROTOCOL, self._on_exchange)
         self.transport.set_handler(PEERS_PROTOCOL, self._on_peers)
         with trio.CancelScope() as scope:
@@ -136,6 +170,77 @@ class Node:
             self._idle = trio.Event()
         else:
             self._idle.set()
+
+    # ------------------------------------------------------------------ admission, penalties
+
+    def gate(self, peer_id: str) -> str | None:
+        """Admission of an authenticated connection: None, or why it is refused."""
+        reason: str | None = None
+        if self.penalties.banned(peer_id, trio.current_time()):
+            reason = "banned"
+        elif not self.members.admits(peer_id):
+            reason = "not-a-member"
+        if reason is not None:
+            self.connections_refused[reason] = self.connections_refused.get(reason, 0) + 1
+            log.info("refused a connection from %s: %s", peer_id, reason)
+        return reason
+
+    def _admissible(self, peer_id: str) -> bool:
+        return self.members.admits(peer_id) and not self.penalties.banned(
+            peer_id, trio.current_time()
+        )
+
+    async def update_members(self, members: Members) -> None:
+        """Adopt a new member list; peers no longer on it are dropped and disconnected."""
+        self.members = members
+        for peer_id in sorted({e.peer_id for e in self.view.entries()} | set(self.neighbours)):
+            if not members.admits(peer_id):
+                log.info("%s is no longer a member: disconnecting", peer_id)
+                self.view.forget(peer_id)
+                await self.transport.disconnect(peer_id)
+
+    async def _offend(self, peer_id: str, reason: str) -> None:
+        """Count an offence (invalid data from ``peer_id``); ban it after repeated ones."""
+        self.offences[reason] = self.offences.get(reason, 0) + 1
+        if self.penalties.offend(peer_id, trio.current_time()):
+            log.warning(
+                "banned %s for %g s after repeated invalid data (last: %s)",
+                peer_id,
+                self.penalties.config.ban_seconds,
+                reason,
+            )
+            self.view.forget(peer_id)
+            await self.transport.disconnect(peer_id)
+
+    def _refuse_stream(self, stream: Stream) -> str | None:
+        """Why an inbound stream must not be served now (bans, stream limits), or None."""
+        peer = stream.remote_peer
+        sec = self.config.security
+        if not self._admissible(peer):
+            return "banned" if self.members.admits(peer) else "not-a-member"
+        if sum(self._inbound.values()) >= sec.max_inbound_streams:
+            return "overload"
+        if self._inbound.get(peer, 0) >= sec.max_streams_per_peer:
+            return "too-many-streams"
+        return None
+
+    async def _serve_bounded(self, stream: Stream, serve: Handler) -> None:
+        """Run an inbound handler within the stream limits; a refused stream is reset."""
+        peer = stream.remote_peer
+        reason = self._refuse_stream(stream)
+        if reason is not None:
+            self.streams_refused[reason] = self.streams_refused.get(reason, 0) + 1
+            await stream.reset()
+            if reason == "too-many-streams":  # honest peers open at most two at a time
+                await self._offend(peer, reason)
+            return
+        self._inbound[peer] = self._inbound.get(peer, 0) + 1
+        try:
+            await serve(stream)
+        finally:
+            self._inbound[peer] -= 1
+            if not self._inbound[peer]:
+                del self._inbound[peer]
 
     # ------------------------------------------------------------------ loops
 
@@ -248,7 +353,7 @@ class Node:
                 await stream.reset()
             return 0
         except RemoteProtocolError as exc:
-            self._refuse(peer, exc)
+            await self._refuse(peer, exc)
             assert stream is not None
             await stream.reset()
             return 0
@@ -258,15 +363,19 @@ class Node:
         now = trio.current_time()
         self.view.success(peer, now)
         self.view.mark_connected(peer, now)
-        new = self.view.learn_all(reply.peers, now, source=peer)
+        admitted = [r for r in reply.peers if self._admissible(r.peer_id)]
+        new = self.view.learn_all(admitted, now, source=peer)
         if new:
             log.info("learnt %d peer(s) from %s", len(new), peer)
         return len(new)
 
     async def _on_peers(self, stream: Stream) -> None:
+        await self._serve_bounded(stream, self._answer_peers)
+
+    async def _answer_peers(self, stream: Stream) -> None:
         framed = FramedStream(stream)
         try:
-            with trio.fail_after(self.config.gossip.exchange_timeout):
+            with trio.fail_after(self.control_timeout):
                 msg = await framed.receive(PEERS_LIMITS)
                 if not isinstance(msg, PeersRequest):
                     raise DecodeError(f"expected a peers request, got {type(msg).__name__}")
@@ -277,12 +386,16 @@ class Node:
                 records = [self.own_record(), *self.view.records(PEERS_PER_REPLY - 1)]
                 await framed.send(PeersReply(tuple(records)))
                 await stream.close()
-        except (TransportError, EOFError, trio.TooSlowError):
+        except (TransportError, EOFError):
             await stream.reset()
+        except trio.TooSlowError:
+            await stream.reset()
+            await self._offend(stream.remote_peer, "timeout")
         except RemoteProtocolError as exc:
             self.counters.refuse("malformed")
             log.warning("peer %s sent a bad peers request: %s", stream.remote_peer, exc)
             await stream.reset()
+            await self._offend(stream.remote_peer, "malformed")
         finally:
             self._count_bytes(framed)
 
@@ -298,6 +411,7 @@ class Node:
         entry = self.view.get(peer)
         framed: FramedStream | None = None
         stream: Stream | None = None
+        swapping = False
         try:
             with trio.fail_after(self.config.gossip.exchange_timeout):
                 stream = await self.transport.open_stream(
@@ -305,8 +419,9 @@ class Node:
                 )
                 framed = FramedStream(stream)
                 exchange = InitiatorExchange(self.local)
-                await framed.send(exchange.propose())
-                exchange.receive(await framed.receive(CONTROL_LIMITS))
+                with trio.fail_after(self.control_timeout):
+                    await framed.send(exchange.propose())
+                    exchange.receive(await framed.receive(CONTROL_LIMITS))
                 if exchange.phase is Phase.DECLINED:
                     assert exchange.decline is not None
                     self.counters.declined += 1
@@ -320,16 +435,20 @@ class Node:
                         )
                     await close_quietly(stream)
                     return "declined"
-                await self._swap(framed, peer, exchange)
+                swapping = True
+                with trio.fail_after(self.transfer_timeout):
+                    await self._swap(framed, peer, exchange)
             await close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
             self.counters.failed += 1
             self._fail(peer, f"exchange failed: {exc!r}")
             if stream is not None:
                 await stream.reset()
+            if swapping and isinstance(exc, trio.TooSlowError):
+                await self._offend(peer, "timeout")  # it accepted, then held us up
             return "failed"
         except RemoteProtocolError as exc:
-            self._refuse(peer, exc)
+            await self._refuse(peer, exc)
             if stream is not None:
                 await stream.reset()
             return "refused"
@@ -339,15 +458,19 @@ class Node:
         return "completed"
 
     async def _on_exchange(self, stream: Stream) -> None:
+        await self._serve_bounded(stream, self._answer_exchange)
+
+    async def _answer_exchange(self, stream: Stream) -> None:
         peer = stream.remote_peer
         framed = FramedStream(stream)
         took_slot = False
         try:
-            with trio.fail_after(self.config.gossip.exchange_timeout):
+            with trio.fail_after(self.control_timeout + self.transfer_timeout):
                 exchange = ResponderExchange(
                     self.local, max_model_bytes=self.model_limits.max_frame
                 )
-                proposal = await framed.receive(CONTROL_LIMITS)
+                with trio.fail_after(self.control_timeout):
+                    proposal = await framed.receive(CONTROL_LIMITS)
                 # decide and take the slot with no checkpoint in between
                 answer = exchange.receive_propose(proposal, busy=self._busy, closing=self._closing)
                 if isinstance(answer, Accept):
@@ -368,8 +491,10 @@ class Node:
                 self.view.failure(peer, trio.current_time())
             log.info("exchange from %s failed: %r", peer, exc)
             await stream.reset()
+            if isinstance(exc, trio.TooSlowError):  # honest initiators send at once
+                await self._offend(peer, "timeout")
         except RemoteProtocolError as exc:
-            self._refuse(peer, exc)
+            await self._refuse(peer, exc)
             await stream.reset()
         finally:
             self._count_bytes(framed)
@@ -405,10 +530,21 @@ class Node:
                 await framed.send_body(body)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        merge = exchange.receive(received[0])
+        merge = exchange.receive(received[0])  # structural checks: raises Refused
         assert merge is not None
-        distance = await self.learner.merge(snapshot, merge.offer.tensors, merge.alpha)
-        self._record_merge(peer, merge.offer, distance)
+        theirs = merge.offer.tensors
+        if self.local.model_bytes > THREAD_THRESHOLD:
+            measures = await trio.to_thread.run_sync(measure, snapshot, theirs)
+        else:
+            measures = measure(snapshot, theirs)
+        verdict = self.screen.assess(measures)
+        if verdict.action is Action.REFUSE:
+            raise Refused(verdict.reason, verdict.detail)
+        if verdict.action is Action.CLIP:
+            self.counters.clipped += 1
+            log.info("clipped the model from %s: %s", peer, verdict.detail)
+        await self.learner.merge(snapshot, theirs, merge.alpha * verdict.scale)
+        self._record_merge(peer, merge.offer, measures.relative_distance)
         return merge
 
     def _record_merge(self, peer: str, offer: ModelOffer, distance: float) -> None:
@@ -430,11 +566,12 @@ class Node:
         dropped = self.view.failure(peer, trio.current_time())
         log.info("%s: %s%s", peer, why, " (dropped from view)" if dropped else "")
 
-    def _refuse(self, peer: str, exc: RemoteProtocolError) -> None:
+    async def _refuse(self, peer: str, exc: RemoteProtocolError) -> None:
         reason = exc.reason if isinstance(exc, Refused) else "malformed"
         self.counters.refuse(reason)
         self.view.failure(peer, trio.current_time())
         log.warning("refused model from %s: %s", peer, exc)
+        await self._offend(peer, reason)
 
     def _count_bytes(self, framed: FramedStream | None) -> None:
         if framed is not None:

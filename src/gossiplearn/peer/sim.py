@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 
-from gossiplearn.gossip.merge import consensus_distance
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.config import GossipConfig, TrainingConfig
 from gossiplearn.peer.node import Node, NodeConfig
@@ -75,12 +74,11 @@ class VectorLearner:
 
     async def merge(
         self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
-    ) -> float:
+    ) -> None:
         await trio.lowlevel.checkpoint()
         for k, tensor in self.tensors.items():
             diff = theirs[k].astype(np.float64) - snapshot[k].astype(np.float64)
             tensor[...] = (tensor.astype(np.float64) + alpha * diff).astype(tensor.dtype)
-        return consensus_distance(snapshot, theirs)
 
     async def evaluate(self) -> dict[str, float]:
         await trio.lowlevel.checkpoint()

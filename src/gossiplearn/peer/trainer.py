@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from gossiplearn.gossip.merge import consensus_distance, merge_delta
+from gossiplearn.gossip.merge import merge_delta
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.config import TrainingConfig
 from gossiplearn.tasks.base import Task
@@ -104,17 +104,15 @@ class Trainer:
 
     def merge(
         self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
-    ) -> float:
-        """Add ``alpha * (theirs - snapshot)`` to the model; returns the consensus distance
-        ``||snapshot - theirs|| / ||snapshot||``. ``theirs`` was checked against our specs."""
+    ) -> None:
+        """Add ``alpha * (theirs - snapshot)`` to the model (``theirs`` was checked against
+        our specs)."""
         delta = merge_delta(snapshot, theirs, alpha)
-        distance = consensus_distance(snapshot, theirs)
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
                 # add in float64, then round once to the tensor's dtype (no float16 overflow)
                 merged = t.to(torch.float64) + torch.from_numpy(delta[name]).to(t.device)
                 t.copy_(merged.to(t.dtype))
-        return distance
 
     def load(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Replace the exchanged tensors (shapes must match)."""

@@ -43,6 +43,15 @@ class Stream(Protocol):
 
 Handler = Callable[[Stream], Awaitable[None]]
 
+# Admission control, asked about every authenticated remote peer before any stream opens:
+# returns None to admit it, or a short reason ("not-a-member", "banned") to refuse it.
+Gate = Callable[[str], str | None]
+
+
+def open_gate(peer_id: str) -> str | None:
+    """The gate of a transport nobody has restricted: admits everyone."""
+    return None
+
 
 class Transport(Protocol):
     @property
@@ -53,6 +62,14 @@ class Transport(Protocol):
         ...
 
     def set_handler(self, protocol: str, handler: Handler) -> None: ...
+
+    def set_gate(self, gate: Gate) -> None:
+        """Admission control for every connection, inbound and outbound (default: admit)."""
+        ...
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id``; never raises."""
+        ...
 
     async def connect(self, addr: str) -> str:
         """Dial a multiaddr ending in /p2p/<id>; returns that peer ID. Raises TransportError."""
@@ -148,6 +165,7 @@ class MemoryTransport:
         self._handlers: dict[str, Handler] = {}
         self._nursery: trio.Nursery | None = None
         self._connected: set[str] = set()
+        self._gate: Gate = open_gate
         self.down = False  # a downed transport refuses dials and streams
 
     @property
@@ -159,6 +177,16 @@ class MemoryTransport:
 
     def set_handler(self, protocol: str, handler: Handler) -> None:
         self._handlers[protocol] = handler
+
+    def set_gate(self, gate: Gate) -> None:
+        self._gate = gate
+
+    async def disconnect(self, peer_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._connected.discard(peer_id)
+        other = self._net.transports.get(peer_id)
+        if other is not None:
+            other._connected.discard(self._id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve inbound streams until cancelled."""
@@ -174,6 +202,11 @@ class MemoryTransport:
         target = self._net.transports.get(peer_id)
         if target is None or target.down or target._nursery is None or self.down:
             raise TransportError(f"peer {peer_id} is unreachable")
+        if peer_id not in self._connected:  # a new connection: both sides' gates decide
+            for side, remote in ((target, self._id), (self, peer_id)):
+                reason = side._gate(remote)
+                if reason is not None:
+                    raise TransportError(f"connection to {peer_id} refused: {reason}")
         return target
 
     async def connect(self, addr: str) -> str:
