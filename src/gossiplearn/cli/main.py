@@ -83,6 +83,14 @@ START_FLAGS: dict[str, str] = {
     "data": "task.data",
     "target": "task.target",
     "model": "task.model",
+    "consortium_key": "security.consortium_key",
+    "screening": "security.screening",
+    "max_norm_ratio": "security.max_norm_ratio",
+    "ban_strikes": "security.ban_strikes",
+    "ban_window": "security.ban_window",
+    "ban_seconds": "security.ban_seconds",
+    "max_inbound_streams": "security.max_inbound_streams",
+    "max_streams_per_peer": "security.max_streams_per_peer",
 }
 
 
@@ -119,6 +127,20 @@ START_FLAGS: dict[str, str] = {
 @click.option("--target", help="tabular: class-label column.")
 @click.option("--model", help="tabular: logistic | mlp.")
 @click.option(
+    "--consortium-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Consortium key file: talk only to holders of the same key.",
+)
+@click.option(
+    "--screening/--no-screening", default=None, help="Screen received models (default: on)."
+)
+@click.option("--max-norm-ratio", type=float, help="Refuse models whose norm is this far off.")
+@click.option("--ban-strikes", type=int, help="Offences within --ban-window that ban a peer.")
+@click.option("--ban-window", type=float, help="Seconds over which offences are counted.")
+@click.option("--ban-seconds", type=float, help="How long a ban lasts (0 = never ban).")
+@click.option("--max-inbound-streams", type=int, help="Concurrent inbound streams, all peers.")
+@click.option("--max-streams-per-peer", type=int, help="Concurrent inbound streams per peer.")
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -131,6 +153,8 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
     from gossiplearn.peer.node import Node
 
     _setup_logging(log_level)
+    if flags.get("consortium_key") is not None:  # relative to where the command runs
+        flags["consortium_key"] = str(Path(flags["consortium_key"]).expanduser().resolve())
     overrides = {START_FLAGS[k]: v for k, v in flags.items() if v not in (None, ())}
     resolved = resolve_home(home)
 
@@ -191,6 +215,98 @@ def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> No
         _fail(exc)
     except KeyboardInterrupt:
         pass
+
+
+@cli.group()
+def consortium() -> None:
+    """Create the consortium's network key."""
+
+
+@consortium.command("create")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the new key (mode 0600; never overwritten).",
+)
+def consortium_create(out: Path) -> None:
+    """Write a new 32-byte consortium key in the libp2p private-network format.
+
+    Give the file, over a secure channel, to every member; each sets security.consortium_key
+    in peer.toml (or passes --consortium-key). Peers without it cannot connect.
+    """
+    from gossiplearn.crypto.consortium import ConsortiumKey, write_key_file
+
+    key = ConsortiumKey.generate()
+    try:
+        write_key_file(out, key)
+    except UserError as exc:
+        _fail(exc)
+        return
+    click.echo(f"consortium key {key.key_id} written to {out} (mode 0600)")
+    click.echo("share it only with members, over a secure channel; see docs/security.md")
+
+
+@cli.group()
+def members() -> None:
+    """Edit the member list ([members] in peer.toml): only listed peers may connect."""
+
+
+@members.command("add")
+@click.argument("peer_id")
+@click.argument("name")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+def members_add(peer_id: str, name: str, home: Path | None) -> None:
+    """Admit PEER_ID (printed by its `gossiplearn init`) under a display NAME."""
+    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.memberfile import add_member
+
+    try:
+        new = add_member(resolve_home(home), peer_id, name)
+    except UserError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{'added' if new else 'renamed'} {name}: {peer_id}")
+
+
+@members.command("remove")
+@click.argument("who")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+def members_remove(who: str, home: Path | None) -> None:
+    """Remove a member, by peer ID or by name (a running peer disconnects it)."""
+    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.memberfile import remove_member
+
+    try:
+        peer_id = remove_member(resolve_home(home), who)
+    except UserError as exc:
+        _fail(exc)
+        return
+    click.echo(f"removed {peer_id}")
+
+
+@members.command("list")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object peer ID → name.")
+def members_list(home: Path | None, as_json: bool) -> None:
+    """List the members; an empty list admits every holder of the consortium key."""
+    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.memberfile import list_members
+
+    try:
+        listed = list_members(resolve_home(home))
+    except UserError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(dict(listed), indent=2))
+        return
+    if not listed:
+        click.echo("no member list: every holder of the consortium key may connect")
+        return
+    width = max(len(n) for n in listed.values())
+    for peer_id, name in sorted(listed.items(), key=lambda item: item[1].lower()):
+        click.echo(f"{name:<{width}}  {peer_id}")
 
 
 @cli.command()

@@ -91,6 +91,8 @@ def render_status(s: dict[str, Any]) -> Group:
     head.add_row(
         "traffic", f"{_bytes(s['bytes_sent'])} sent, {_bytes(s['bytes_received'])} received"
     )
+    for label, text in _security_rows(s.get("security") or {}, e, now):
+        head.add_row(label, text)
 
     nb = Table(title=f"neighbours ({len(s['neighbours'])})", title_justify="left")
     for col in ("peer", "last exchange", "exchanges", "their accuracy", "distance", "state"):
@@ -100,8 +102,9 @@ def render_status(s: dict[str, Any]) -> Group:
         state = "connected" if n.get("connected") else "known"
         if n.get("failures"):
             state = f"{n['failures']} failures, retry in {n.get('backoff_s', 0):.0f}s"
+        name = n.get("name")
         nb.add_row(
-            f"…{pid[-12:]}",
+            f"{name} (…{pid[-6:]})" if name else f"…{pid[-12:]}",
             _ago(n.get("last_exchange"), now),
             str(n.get("exchanges", 0)),
             _pct(n.get("accuracy")),
@@ -109,3 +112,45 @@ def render_status(s: dict[str, Any]) -> Group:
             state,
         )
     return Group(head, Text(""), nb)
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+
+
+def _security_rows(sec: dict[str, Any], e: dict[str, Any], now: float) -> list[tuple[str, str]]:
+    key = sec.get("consortium_key_id")
+    members = sec.get("members") or {}
+    rows = [
+        (
+            "network",
+            (f"private (consortium key {key})" if key else "[red]open: no consortium key[/]")
+            + (f", {len(members)} members listed" if members else ", no member list"),
+        ),
+        (
+            "refused",
+            f"connections: {_counts(sec.get('connections_refused', {}))}; "
+            f"streams: {_counts(sec.get('streams_refused', {}))}",
+        ),
+    ]
+    screening = sec.get("screening") or {}
+    if screening.get("enabled"):
+        radius = screening.get("clip_radius")
+        rows.append(
+            (
+                "screening",
+                f"{e.get('clipped', 0)} models clipped, "
+                f"radius {_num(radius, '.3f') if radius is not None else '— (warming up)'}",
+            )
+        )
+    else:
+        rows.append(("screening", "[red]off[/]"))
+    banned = sec.get("banned") or []
+    offences = sec.get("offences") or {}
+    if banned or offences:
+        who = ", ".join(
+            f"{b.get('name') or '…' + b['peer_id'][-12:]} ({b['until'] - now:.0f}s left)"
+            for b in banned
+        )
+        rows.append(("bans", f"offences: {_counts(offences)}; banned now: {who or 'none'}"))
+    return rows

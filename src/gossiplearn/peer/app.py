@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import trio
 
+from gossiplearn.crypto.consortium import ConsortiumKey
+from gossiplearn.crypto.consortium import load_key_file as load_consortium_key
 from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, load_key_file
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
@@ -35,10 +37,46 @@ from gossiplearn.tasks.registry import load_task
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0  # seconds an exchange in flight may take to finish at shutdown
+MEMBERS_POLL = 2.0  # seconds between checks of peer.toml for a changed member list
 
 
 def load_peer_config(home: Path, overrides: Mapping[str, Any]) -> PeerConfig:
     return with_overrides(load_config_file(home / CONFIG_FILE_NAME), overrides)
+
+
+def consortium_key(home: Path, config: PeerConfig) -> ConsortiumKey | None:
+    """The configured consortium key (a path relative to the home), or None."""
+    if not config.security.consortium_key:
+        return None
+    return load_consortium_key(home / Path(config.security.consortium_key).expanduser())
+
+
+async def watch_members(home: Path, node: Node) -> None:
+    """Adopt edits of ``[members]`` in peer.toml (``gossiplearn members add|remove``) while
+    running. A file that does not load is reported and the current list kept."""
+    path = home / CONFIG_FILE_NAME
+    seen = _mtime(path)
+    while True:
+        await trio.sleep(MEMBERS_POLL)
+        mtime = _mtime(path)
+        if mtime == seen:
+            continue
+        seen = mtime
+        try:
+            members = load_config_file(path).members
+        except UserError as exc:
+            log.warning("member list not reloaded: %s", exc)
+            continue
+        if members != node.members:
+            log.info("member list changed: %d member(s)", len(members))
+            await node.update_members(members)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def build_task(config: PeerConfig) -> Task:
@@ -110,6 +148,19 @@ async def run_peer(
         for addr in config.network.bootstrap:
             parse_multiaddr(addr, need_peer_id=True)
         identity = load_key_file(home / KEY_FILE_NAME)
+        key = consortium_key(home, config)
+        if key is None:
+            log.warning(
+                "no consortium key: any host that can reach our port may connect "
+                "(set security.consortium_key; see docs/security.md)"
+            )
+        if config.members.restricted and identity.peer_id not in config.members:
+            log.warning(
+                "our own peer ID %s is not in [members]: other members will refuse us "
+                "(add it with `gossiplearn members add %s NAME`)",
+                identity.peer_id,
+                identity.peer_id,
+            )
         torch.set_num_threads(config.training.threads)
         task = build_task(config)
         trainer = Trainer(task, config.training, seed=peer_seed(config.task.seed, identity))
@@ -121,17 +172,24 @@ async def run_peer(
             training=config.training,
             bootstrap=config.network.bootstrap,
             description=task.description or task.name,
+            security=config.security,
+            members=config.members,
+            consortium_key_id=key.key_id if key is not None else None,
         )
         started = False
         try:
             async with Libp2pTransport.open(
-                identity, config.network.listen, dial_timeout=config.network.dial_timeout
+                identity,
+                config.network.listen,
+                dial_timeout=config.network.dial_timeout,
+                consortium_key=key,
             ) as transport:
                 started = True
                 node = Node(transport, learner, node_config)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(serve_status, home, node.status)
                     await nursery.start(node.run)
+                    nursery.start_soon(watch_members, home, node)
                     on_ready(node)
                     await _wait_for_signal(node)
                     nursery.cancel_scope.cancel()

@@ -32,6 +32,7 @@ def node_status(node: Node) -> dict[str, Any]:
         neighbours.append(
             {
                 "peer_id": entry.peer_id,
+                "name": node.members.name_of(entry.peer_id),
                 "addrs": list(entry.addrs),
                 "connected": entry.connected,
                 "failures": entry.failures,
@@ -65,7 +66,9 @@ def node_status(node: Node) -> dict[str, Any]:
             "answered": c.answered,
             "declined_inbound": c.declined_inbound,
             "refused_by_reason": dict(c.refused_by_reason),
+            "clipped": c.clipped,
         },
+        "security": security_status(node, now_mono),
         "training": {
             "enabled": node.config.training.enabled,
             "steps": node.learner.steps,
@@ -88,4 +91,27 @@ def node_status(node: Node) -> dict[str, Any]:
         "consensus_history": [{"time": t, "distance": d} for t, d in list(node.consensus)[-60:]],
         "bytes_sent": node.bytes_sent,
         "bytes_received": node.bytes_received,
+    }
+
+
+def security_status(node: Node, now_mono: float) -> dict[str, Any]:
+    """Membership, refusals by reason, bans and screening (``status --json`` → ``security``)."""
+    wall = time.time()
+    members = node.members
+    return {
+        "consortium_key_id": node.config.consortium_key_id,
+        "members": {p: members[p] for p in sorted(members)},
+        "connections_refused": dict(node.connections_refused),
+        "streams_refused": dict(node.streams_refused),
+        "offences": dict(node.offences),
+        "bans": node.penalties.bans,
+        "banned": [
+            {"peer_id": p, "name": members.name_of(p), "until": wall + (until - now_mono)}
+            for p, until in sorted(node.penalties.active(now_mono).items())
+        ],
+        "screening": {
+            "enabled": node.screen.config.enabled,
+            "clip_radius": node.screen.threshold(),
+            "clipped": node.counters.clipped,
+        },
     }

@@ -1,0 +1,90 @@
+"""Editing the ``[members]`` table of a home's peer.toml (``gossiplearn members add|remove``).
+
+Edits keep the file's comments and layout (tomlkit), are validated like a start-up load (the
+whole file must still load), and replace the file atomically (temporary file, fsync, rename):
+a running peer that re-reads it never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from gossiplearn.crypto.consortium import Members, check_member
+from gossiplearn.errors import UserError
+from gossiplearn.peer.config import CONFIG_FILE_NAME, build_config, load_config_file
+
+
+def list_members(home: Path) -> Members:
+    return load_config_file(home / CONFIG_FILE_NAME).members
+
+
+def add_member(home: Path, peer_id: str, name: str) -> bool:
+    """Add or rename a member. Returns True if the peer was not listed before."""
+    path = home / CONFIG_FILE_NAME
+    check_member(peer_id, name, str(path))
+    doc = _read(path)
+    table = _members_table(doc)
+    new = peer_id not in table
+    table[peer_id] = name.strip()
+    _write(path, doc)
+    return new
+
+
+def remove_member(home: Path, who: str) -> str:
+    """Remove a member by peer ID or by name; returns the removed peer ID."""
+    path = home / CONFIG_FILE_NAME
+    doc = _read(path)
+    table = _members_table(doc)
+    matches = [p for p, n in table.items() if who in (p, str(n))]
+    if not matches:
+        raise UserError(f"{who!r} is not in the member list of {path}")
+    if len(matches) > 1:
+        raise UserError(f"{len(matches)} members are named {who!r}: remove one by its peer ID")
+    del table[matches[0]]
+    _write(path, doc)
+    return str(matches[0])
+
+
+def _read(path: Path) -> tomlkit.TOMLDocument:
+    if not path.parent.is_dir():
+        raise UserError(f"{path.parent} is not a peer home; run `gossiplearn init` first")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise UserError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _members_table(doc: tomlkit.TOMLDocument) -> tomlkit.items.Table:
+    table = doc.get("members")
+    if table is None:
+        table = tomlkit.table()
+        doc["members"] = table
+    if not isinstance(table, tomlkit.items.Table):
+        raise UserError('[members] in peer.toml must be a table of "<peer id>" = "<name>"')
+    return table
+
+
+def _write(path: Path, doc: tomlkit.TOMLDocument) -> None:
+    text = tomlkit.dumps(doc)
+    build_config(tomlkit.parse(text).unwrap(), str(path))  # the result must still load
+    fd, tmp = tempfile.mkstemp(prefix=".peer.toml.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
