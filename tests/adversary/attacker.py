@@ -763,17 +763,15 @@ class Attacker:
         except Exception:
             out.target = target_addr
         start = trio.current_time()
-        try:
-            if kind == "stream-flood":
-                await self._flood(target_addr, template, out)
-            else:
-                bound = self.drip_cap + 10 if kind == "slow-drip" else self.attack_timeout
-                with trio.move_on_after(bound) as scope:
-                    await self._exchange_attack(target_addr, kind, variant, template, out, start)
-                out.timed_out = out.timed_out or scope.cancelled_caught
-        finally:
-            out.elapsed = round(trio.current_time() - start, 3)
-            self.history.append(out)
+        if kind == "stream-flood":
+            await self._flood(target_addr, template, out)
+        else:
+            bound = self.drip_cap + 10 if kind == "slow-drip" else self.attack_timeout
+            with trio.move_on_after(bound) as scope:
+                await self._exchange_attack(target_addr, kind, variant, template, out, start)
+            out.timed_out = out.timed_out or scope.cancelled_caught
+        out.elapsed = round(trio.current_time() - start, 3)
+        self.history.append(out)
         return out
 
     async def _exchange_attack(

@@ -166,7 +166,10 @@ async def test_every_attack_leaves_the_honest_node_serving_and_finite() -> None:
                 with trio.fail_after(25):
                     outcome = await atk.attack(addr, kind, template)
             outcomes.append(outcome)
-            print(f"{kind:18} {outcome.variant:16} {outcome.result:22} {outcome.elapsed:6.2f}s")
+            print(
+                f"{kind:18} {outcome.variant:16} {outcome.result:22} {outcome.elapsed:6.2f}s",
+                outcome.counts or "",
+            )
             assert finite(trainer), kind
         print("counters", node.counters)
 

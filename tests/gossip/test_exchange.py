@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
 from gossiplearn.gossip.exchange import (
@@ -224,9 +226,9 @@ def test_responder_misuse_is_a_local_error() -> None:
     ex = responder()
     with pytest.raises(LocalProtocolError):
         ex.receive(offer())  # no proposal answered yet
-    ex.receive_propose(propose(), busy=False)
+    ex.receive_propose(propose(samples=300), busy=False)
     with pytest.raises(LocalProtocolError):
-        ex.receive_propose(propose(), busy=False)  # answered already
+        ex.receive_propose(propose(samples=300), busy=False)  # answered already
     ex.receive(offer())
     with pytest.raises(LocalProtocolError):
         ex.receive(offer())  # done
@@ -305,3 +307,23 @@ def test_a_whole_exchange_over_the_codec() -> None:
     assert merge_at_a.offer.tensors["w"].tolist() == tensors(5.0)["w"].tolist()
     assert merge_at_b.offer.samples == 30
     assert a.phase is b.phase is Phase.DONE
+
+
+def test_an_offer_claiming_other_samples_than_its_proposal_is_refused() -> None:
+    ex = responder()
+    ex.receive_propose(propose(samples=300), busy=False)
+    with pytest.raises(Refused) as info:
+        ex.receive(offer(samples=301))
+    assert info.value.reason == "inconsistent"
+
+
+@given(claimed=st.integers(min_value=0, max_value=2**64 - 1), ours=st.integers(1, 10**6))
+def test_a_claimed_weight_counts_for_at_most_max_weight_ratio_times_ours(
+    claimed: int, ours: int
+) -> None:
+    model = local(ours)
+    alpha = model.weight(claimed)
+    cap = model.max_weight_ratio
+    assert 0.0 <= alpha <= cap / (1 + cap) + 1e-12
+    if claimed <= ours * cap:  # honest sizes within the ratio: the exact sample weighting
+        assert alpha == claimed / (ours + claimed)

@@ -6,8 +6,10 @@ An exchange between an initiator I and a responder R on one stream:
     R → I  Accept | Decline(reason)
     I ⇄ R  ModelOffer (both send, concurrently, after Accept)
 
-Both then merge with ``alpha = w_remote / (w_local + w_remote)`` (see ``merge``). The objects
-below decide what to send and whether what arrived is acceptable; the driver in
+Both then merge with ``alpha = w_remote / (w_local + w_remote)`` (see ``merge``). A remote's
+claimed weight is unverifiable, so it counts for at most ``max_weight_ratio`` times our own:
+otherwise one member claiming 2^64 samples would replace every model it meets with its own.
+The objects below decide what to send and whether what arrived is acceptable; the driver in
 ``gossiplearn.peer`` moves the bytes. They never block, sleep or read a clock.
 
 Errors: a remote that breaks the protocol raises ``RemoteProtocolError`` (the exchange is then
@@ -51,14 +53,23 @@ class LocalModel:
     specs: Mapping[str, TensorSpec]
     samples: int
     model_bytes: int  # upper bound on our encoded ModelOffer, in bytes
+    max_weight_ratio: float = 100.0  # a remote's weight counts for at most this times ours
+
+    def weight(self, claimed: int) -> float:
+        """The merge weight ``alpha`` of a remote model that claims ``claimed`` samples."""
+        if self.samples > 0 and self.max_weight_ratio > 0:
+            claimed = min(claimed, int(self.samples * self.max_weight_ratio))
+        return merge_weight(self.samples, claimed)
 
     @property
     def fingerprint(self) -> bytes:
         return fingerprint(self.specs.values())
 
     @staticmethod
-    def of(specs: list[TensorSpec], samples: int, model_bytes: int) -> LocalModel:
-        return LocalModel({s.name: s for s in specs}, samples, model_bytes)
+    def of(
+        specs: list[TensorSpec], samples: int, model_bytes: int, max_weight_ratio: float = 100.0
+    ) -> LocalModel:
+        return LocalModel({s.name: s for s in specs}, samples, model_bytes, max_weight_ratio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +139,7 @@ class InitiatorExchange:
                 raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
             check_offer(msg, self.local)
             self.phase = Phase.DONE
-            return Merge(msg, merge_weight(self.local.samples, msg.samples))
+            return Merge(msg, self.local.weight(msg.samples))
         raise LocalProtocolError(f"exchange already {self.phase.value}")
 
 
@@ -139,6 +150,7 @@ class ResponderExchange:
         self.local = local
         self.max_model_bytes = max_model_bytes
         self.phase = Phase.IDLE
+        self.proposed: Propose | None = None
 
     def receive_propose(
         self, msg: Message, *, busy: bool, closing: bool = False
@@ -148,6 +160,7 @@ class ResponderExchange:
             raise LocalProtocolError(f"proposal already answered ({self.phase.value})")
         if not isinstance(msg, Propose):
             raise RemoteProtocolError(f"expected a proposal, got {type(msg).__name__}")
+        self.proposed = msg
         answer: Accept | Decline
         if closing:
             answer = Decline("closing")
@@ -169,5 +182,10 @@ class ResponderExchange:
         if not isinstance(msg, ModelOffer):
             raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
         check_offer(msg, self.local)
+        if self.proposed is not None and msg.samples != self.proposed.samples:
+            raise Refused(
+                "inconsistent",
+                f"the model claims {msg.samples} samples, the proposal {self.proposed.samples}",
+            )
         self.phase = Phase.DONE
-        return Merge(msg, merge_weight(self.local.samples, msg.samples))
+        return Merge(msg, self.local.weight(msg.samples))

@@ -114,7 +114,12 @@ class Node:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.started_at = time.time()
-        self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
+        self.local = LocalModel.of(
+            learner.specs(),
+            learner.samples,
+            learner.model_bytes(),
+            config.security.max_weight_ratio,
+        )
         max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
         self.model_limits = Limits(max_frame=max_model, max_tensors=len(self.local.specs) + 1)
         sec = config.security
@@ -465,7 +470,7 @@ class Node:
         framed = FramedStream(stream)
         took_slot = False
         try:
-            with trio.fail_after(self.control_timeout + self.transfer_timeout):
+            with trio.fail_after(self.config.gossip.exchange_timeout):
                 exchange = ResponderExchange(
                     self.local, max_model_bytes=self.model_limits.max_frame
                 )
@@ -482,7 +487,8 @@ class Node:
                     self.counters.declined_inbound += 1
                     await stream.close()
                     return
-                await self._swap(framed, peer, exchange)
+                with trio.fail_after(self.transfer_timeout):  # from Accept: a drip cannot hold us
+                    await self._swap(framed, peer, exchange)
                 self.counters.answered += 1
             await close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
