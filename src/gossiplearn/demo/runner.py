@@ -1,9 +1,11 @@
 """``gossiplearn demo``: a local consortium of real peer processes on 127.0.0.1.
 
 Each peer is ``python -m gossiplearn start`` with its own home in a temporary folder, its own
-digits shard, bootstrapped off the first peer. The demo polls every peer's status endpoint for a
-live table, stops them with SIGTERM (each saves its model), then evaluates every saved model on
-the common held-out test set beside local-only and centralised training.
+digits shard, bootstrapped off the first peer, all in one private network (a consortium key
+made for the run). ``DemoSettings.companions`` may start more processes once the peers are up
+(the hostile-member benchmark starts an attacker there). The demo polls every peer's status
+endpoint for a live table, stops them with SIGTERM (each saves its model), then evaluates every
+saved model on the common held-out test set beside local-only and centralised training.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from gossiplearn.crypto.consortium import ConsortiumKey, write_key_file
 from gossiplearn.demo.baselines import (
     centralised_accuracy,
     local_only_accuracy,
@@ -43,6 +48,11 @@ from gossiplearn.tasks.partition import parse_partition
 
 START_TIMEOUT = 90.0  # seconds for all peers to come up (imports torch and libp2p each)
 STOP_TIMEOUT = 30.0
+KEY_FILE = "consortium.key"
+
+# Started once every peer is up: (run folder, every peer's first address, consortium key file)
+# → processes, stopped with SIGTERM when the run ends.
+Companions = Callable[[Path, list[str], Path], list[subprocess.Popen[bytes]]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class DemoSettings:
     # models meet (consensus) before they are saved
     train_share: float = 0.85
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    companions: Companions | None = None
 
     @property
     def max_steps(self) -> int:
@@ -99,6 +110,7 @@ def _start_peer(
         "--batch-size", str(s.training.batch_size),
         "--eval-interval", "1",
         "--threads", "1",
+        "--consortium-key", str(root / KEY_FILE),
     ]  # fmt: skip
     if bootstrap:
         cmd += ["--bootstrap", bootstrap]
@@ -169,17 +181,17 @@ def _table(
     return t
 
 
-def _stop(peers: list[PeerProcess]) -> None:
-    for p in peers:
-        if p.proc.poll() is None:
-            p.proc.send_signal(signal.SIGTERM)
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    for p in peers:
+    for proc in procs:
         try:
-            p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
@@ -188,6 +200,7 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
     parse_partition(s.partition)
     root = Path(tempfile.mkdtemp(prefix="gl-demo-"))
     peers: list[PeerProcess] = []
+    extra: list[subprocess.Popen[bytes]] = []
     t0 = time.monotonic()
     try:
         console.print(
@@ -196,6 +209,9 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
         # Peer 1's address is known before it starts (its identity is created here, its port
         # picked here), so all peers start at once; the others retry until peer 1 is up.
         homes = [init_home(root / f"peer{i}") for i in range(1, s.peers + 1)]
+        key = ConsortiumKey.generate()
+        write_key_file(root / KEY_FILE, key)
+        console.print(f"private network: consortium key {key.key_id}")
         first = f"/ip4/127.0.0.1/tcp/{_free_port()}"
         addr = f"{first}/p2p/{homes[0].peer_id}"
         console.print(f"peer 1 listens on {addr}; the others bootstrap off it", soft_wrap=True)
@@ -210,6 +226,9 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
                 raise UserError("not every peer started in time; logs in " + str(root))
             time.sleep(0.2)
         console.print(f"all {s.peers} peers up after {time.monotonic() - t0:.1f} s")
+        if s.companions is not None:
+            addrs = [st["addrs"][0] for p in peers if (st := _status(p.home))]
+            extra = s.companions(root, addrs, root / KEY_FILE)
         start = time.monotonic()
         live_terminal = console.is_terminal
         last_print = 0.0
@@ -233,7 +252,8 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
                 live.update(table, refresh=True)
             else:
                 console.print(table)
-        _stop(peers)
+        _stop(extra)
+        _stop([p.proc for p in peers])
         for p in peers:
             if p.proc.returncode != 0:
                 raise UserError(
@@ -245,7 +265,8 @@ def run_demo(s: DemoSettings, console: Console | None = None) -> dict[str, Any]:
         console.print(f"demo finished in {summary['seconds_total']:.0f} s")
         return summary
     finally:
-        _stop(peers)
+        _stop(extra)
+        _stop([p.proc for p in peers])
         if s.keep:
             console.print(f"homes and logs kept in {root}")
         else:
@@ -284,7 +305,16 @@ def _summarise(
         for st in final
         if st and st.get("consensus_distance_mean10") is not None
     ]
+    refused: Counter[str] = Counter()
+    for st in final:
+        if st:
+            refused.update(st["exchanges"]["refused_by_reason"])
+            refused.update(st["security"]["connections_refused"])
+            refused.update(st["security"]["streams_refused"])
     summary: dict[str, Any] = {
+        "refused": dict(refused),
+        "clipped": sum(st["exchanges"]["clipped"] for st in final if st),
+        "bans": sum(st["security"]["bans"] for st in final if st),
         "peers": s.peers,
         "partition": s.partition,
         "gossip_mean": statistics.fmean(gossip),
@@ -323,4 +353,10 @@ def _summarise(
     console.print(
         f"gossip is {gap:.1f} points from centralised and {gain:.1f} points above local-only"
     )
+    if refused or summary["clipped"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"
+        console.print(
+            f"hostile input: refused {reasons}; {summary['clipped']} models clipped; "
+            f"{summary['bans']} bans"
+        )
     return summary
