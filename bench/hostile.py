@@ -40,9 +40,9 @@ def attacker(
             cmd += ["--samples", str(samples)]
         for addr in addrs:
             cmd += ["--target", addr]
-        log = (root / "attacker.log").open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)]  # noqa: S603
+        with (root / "attacker.log").open("wb") as log:  # the child keeps its own descriptor
+            return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)]
 
     return start
 
