@@ -59,6 +59,8 @@ def peer_id_from_public_key(public_key: bytes) -> str:
 
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """Inverse of ``peer_id_from_public_key``; raises ValueError for other kinds of peer ID."""
+    if peer_id != peer_id.strip():  # base58 strips silently; a key with spaces matches no peer
+        raise ValueError(f"{peer_id!r} has leading or trailing whitespace")
     try:
         raw = base58.b58decode(peer_id)
     except ValueError as exc:

@@ -6,8 +6,9 @@ within ``window`` seconds ban it for ``ban_seconds``; a ban expires by itself, a
 then starts with a clean record. Honest peers almost never offend: a decline, a network failure
 or a clipped outlier is not an offence.
 
-Memory is bounded: at most ``max_tracked`` peers are remembered (the stalest record is
-forgotten first), each with at most ``strikes`` offence times.
+Memory is bounded: at most ``max_tracked`` peers with offences are remembered (the stalest
+record is forgotten first), each with at most ``strikes`` offence times, and at most
+``max_tracked`` bans (the one ending soonest is lifted first).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Penalties:
             del self._offences[peer_id]
             self._banned[peer_id] = now + self.config.ban_seconds
             self.bans += 1
+            if len(self._banned) > self.config.max_tracked:  # forget the ban ending soonest
+                del self._banned[min(self._banned, key=self._banned.__getitem__)]
             return True
         return False
 

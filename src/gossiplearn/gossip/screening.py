@@ -26,9 +26,17 @@ between the two. Two rules, in this order:
    exchange, while an honest but distant model (a late joiner, a peer back from a long outage)
    still contributes, so it is not locked out.
 
-What is recorded: each accepted model's distance, and ``tau`` for a clipped one, so the
-threshold can rise slowly when the whole consortium really moves, but a stream of outliers can
-raise it by at most one window's worth of ``tau``.
+   While warming up (fewer than ``warmup`` recorded distances) the radius is ``cold_radius``
+   (3): two independent random initialisations lie ~1.41 apart, so honest first merges pass,
+   and a hostile one moves us by at most ``alpha * 3`` times our own norm.
+
+   The clip is on the distance, not on the pull ``alpha * d``: capping the pull would also cap
+   honest members with many more samples than ours (their ``alpha`` is near 1), breaking the
+   sample weighting; a claimed weight is bounded separately (``exchange.LocalModel.weight``).
+
+What is recorded: each model's distance, capped at the radius, so the threshold can rise
+slowly when the whole consortium really moves; being a median, it is not moved by outliers
+that make up less than half of the recent exchanges.
 
 Clipping breaks the exact conservation of the weighted sum (the two sides no longer move by
 opposite amounts); with honest peers and the default settings it does not trigger in the
@@ -55,6 +63,7 @@ class ScreeningConfig:
     mad_k: float = 4.0  # Hampel multiplier
     median_factor: float = 3.0  # tau is never below this multiple of the median distance
     min_radius: float = 0.25  # ... nor below this relative distance
+    cold_radius: float = 3.0  # the radius while warming up (two random inits are ~1.41 apart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +125,14 @@ class Screen:
             self.config.min_radius,
         )
 
+    def radius(self) -> float:
+        """The clipping radius in force: ``threshold()``, or ``cold_radius`` while warming up."""
+        tau = self.threshold()
+        return self.config.cold_radius if tau is None else tau
+
     def assess(self, m: Measures) -> Verdict:
-        """Judge one received model and record it. Never raises."""
+        """Judge one received model and record it; the verdict's ``scale`` multiplies the merge
+        weight. Never raises."""
         if not self.config.enabled:
             return ACCEPT
         if not (math.isfinite(m.their_norm) and math.isfinite(m.distance)):
@@ -132,19 +147,18 @@ class Screen:
                 f"norm {m.their_norm:.4g} is more than {ratio:g}x off the usual {ref:.4g}",
             )
         d = m.relative_distance
-        tau = self.threshold()
+        radius = self.radius()
         if m.our_norm > 0:
             self._norms.append(m.our_norm)
         self._norms.append(m.their_norm)
         if not math.isfinite(d):
             return ACCEPT  # our model is all zeros: nothing to measure the distance against
-        if tau is not None and d > tau:
-            self._distances.append(tau)
+        self._distances.append(min(d, radius))
+        if d > radius:
             return Verdict(
                 Action.CLIP,
-                tau / d,
+                radius / d,
                 "outlier",
-                f"distance {d:.4g} above the clipping radius {tau:.4g}",
+                f"distance {d:.4g} above the clipping radius {radius:.4g}",
             )
-        self._distances.append(d)
         return ACCEPT

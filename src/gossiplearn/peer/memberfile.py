@@ -26,6 +26,7 @@ def list_members(home: Path) -> Members:
 def add_member(home: Path, peer_id: str, name: str) -> bool:
     """Add or rename a member. Returns True if the peer was not listed before."""
     path = home / CONFIG_FILE_NAME
+    peer_id = peer_id.strip()  # pasted from a terminal
     check_member(peer_id, name, str(path))
     doc = _read(path)
     table = _members_table(doc)
