@@ -6,7 +6,7 @@ import datetime
 import time
 from pathlib import Path
 
-from bench import demo_accuracy, exchange_speed, simulation_consensus
+from bench import demo_accuracy, exchange_speed, hostile, simulation_consensus
 from bench.report import machine
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -19,6 +19,7 @@ def main() -> None:
         ("exchange speed", exchange_speed),
         ("simulation consensus", simulation_consensus),
         ("demo accuracy", demo_accuracy),
+        ("hostile member", hostile),
     ):
         print(f"benchmark: {name}", flush=True)
         sections.append(module.run())
