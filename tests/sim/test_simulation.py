@@ -15,8 +15,7 @@ def _random_learners(n: int, seed: int, dim: int = 50) -> list[VectorLearner]:
     return [
         VectorLearner(
             {"w": rng.normal(size=(dim,)).astype(np.float32), "b": rng.normal(size=(3, 2))},
-            # within security.max_weight_ratio (100x) of each other: weights are not capped
-            samples=int(rng.integers(5, 500)),
+            samples=int(rng.integers(1, 500)),
         )
         for _ in range(n)
     ]

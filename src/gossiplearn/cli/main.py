@@ -86,7 +86,6 @@ START_FLAGS: dict[str, str] = {
     "consortium_key": "security.consortium_key",
     "screening": "security.screening",
     "max_norm_ratio": "security.max_norm_ratio",
-    "max_weight_ratio": "security.max_weight_ratio",
     "ban_strikes": "security.ban_strikes",
     "ban_window": "security.ban_window",
     "ban_seconds": "security.ban_seconds",
@@ -136,9 +135,6 @@ START_FLAGS: dict[str, str] = {
     "--screening/--no-screening", default=None, help="Screen received models (default: on)."
 )
 @click.option("--max-norm-ratio", type=float, help="Refuse models whose norm is this far off.")
-@click.option(
-    "--max-weight-ratio", type=float, help="Cap a neighbour's claimed samples at this x ours."
-)
 @click.option("--ban-strikes", type=int, help="Offences within --ban-window that ban a peer.")
 @click.option("--ban-window", type=float, help="Seconds over which offences are counted.")
 @click.option("--ban-seconds", type=float, help="How long a ban lasts (0 = never ban).")

@@ -6,9 +6,8 @@ An exchange between an initiator I and a responder R on one stream:
     R → I  Accept | Decline(reason)
     I ⇄ R  ModelOffer (both send, concurrently, after Accept)
 
-Both then merge with ``alpha = w_remote / (w_local + w_remote)`` (see ``merge``). A remote's
-claimed weight is unverifiable, so it counts for at most ``max_weight_ratio`` times our own:
-otherwise one member claiming 2^64 samples would replace every model it meets with its own.
+Both then merge with ``alpha = min(w_local, w_remote) / (2 w_local)`` (see ``merge``), which
+conserves the weighted sum and never moves a side more than halfway, whatever the remote claims.
 The objects below decide what to send and whether what arrived is acceptable; the driver in
 ``gossiplearn.peer`` moves the bytes. They never block, sleep or read a clock.
 
@@ -53,23 +52,14 @@ class LocalModel:
     specs: Mapping[str, TensorSpec]
     samples: int
     model_bytes: int  # upper bound on our encoded ModelOffer, in bytes
-    max_weight_ratio: float = 100.0  # a remote's weight counts for at most this times ours
-
-    def weight(self, claimed: int) -> float:
-        """The merge weight ``alpha`` of a remote model that claims ``claimed`` samples."""
-        if self.samples > 0 and self.max_weight_ratio > 0:
-            claimed = min(claimed, int(self.samples * self.max_weight_ratio))
-        return merge_weight(self.samples, claimed)
 
     @property
     def fingerprint(self) -> bytes:
         return fingerprint(self.specs.values())
 
     @staticmethod
-    def of(
-        specs: list[TensorSpec], samples: int, model_bytes: int, max_weight_ratio: float = 100.0
-    ) -> LocalModel:
-        return LocalModel({s.name: s for s in specs}, samples, model_bytes, max_weight_ratio)
+    def of(specs: list[TensorSpec], samples: int, model_bytes: int) -> LocalModel:
+        return LocalModel({s.name: s for s in specs}, samples, model_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +129,7 @@ class InitiatorExchange:
                 raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
             check_offer(msg, self.local)
             self.phase = Phase.DONE
-            return Merge(msg, self.local.weight(msg.samples))
+            return Merge(msg, merge_weight(self.local.samples, msg.samples))
         raise LocalProtocolError(f"exchange already {self.phase.value}")
 
 
@@ -188,4 +178,4 @@ class ResponderExchange:
                 f"the model claims {msg.samples} samples, the proposal {self.proposed.samples}",
             )
         self.phase = Phase.DONE
-        return Merge(msg, self.local.weight(msg.samples))
+        return Merge(msg, merge_weight(self.local.samples, msg.samples))

@@ -1,8 +1,10 @@
-"""Merge rules: the sample-weighted average of two models, applied as a delta.
+"""Merge rules: mass-conserving pairwise averaging, applied as a delta.
 
 Push-pull gossip averaging (Kempe et al. 2003; for learning, Ormándi et al. 2013) keeps the
-sample-weighted sum of all models constant when both parties of an exchange adopt
-``(w_a x_a + w_b x_b) / (w_a + w_b)``: ``w_a m + w_b m = w_a x_a + w_b x_b``.
+sample-weighted sum of all models constant when the two parties of an exchange move toward each
+other by equal *mass*: ``w_a alpha_a = w_b alpha_b``. We take ``alpha = min(w_a, w_b) /
+(2 w_own)`` (``merge_weight``): the plain average between equal weights, never more than
+halfway, whatever a remote claims.
 
 A peer keeps training while an exchange is in flight, so it does not overwrite its model with the
 average of the *snapshot* it sent; it adds ``alpha * (theirs - snapshot)`` to whatever its model is
@@ -23,11 +25,18 @@ Tensors = Mapping[str, np.ndarray]
 
 
 def merge_weight(own_samples: int, their_samples: int) -> float:
-    """Fraction of the remote model in the average (0.5 when neither side has samples)."""
-    total = own_samples + their_samples
-    if total <= 0:
-        return 0.5
-    return their_samples / total
+    """How far we move toward the remote model: ``alpha = min(w_own, w_their) / (2 w_own)``.
+
+    Both sides of an exchange move by the same *mass*, ``min(w_a, w_b) / 2``, so
+    ``w_a alpha_a = w_b alpha_b`` and the sample-weighted sum of all models is conserved: the
+    consortium converges to the exact sample-weighted average (Kempe et al. 2003). No side moves
+    more than halfway (``alpha <= 1/2``), so a neighbour claiming 2^64 samples, which nobody
+    can check, pulls us no harder than an equal one; between equal weights this is the plain
+    push-pull average. A side with no samples moves halfway (0.5 when neither has any).
+    """
+    if own_samples <= 0:
+        return 0.5 if their_samples > 0 or own_samples == their_samples else 0.0
+    return min(own_samples, max(their_samples, 0)) / (2 * own_samples)
 
 
 def merge_delta(snapshot: Tensors, theirs: Tensors, alpha: float) -> dict[str, np.ndarray]:
@@ -44,8 +53,8 @@ def merge_delta(snapshot: Tensors, theirs: Tensors, alpha: float) -> dict[str, n
     return out
 
 
-def weighted_average(a: Tensors, wa: int, b: Tensors, wb: int) -> dict[str, np.ndarray]:
-    """The merge result when no training happens in between: ``a + merge_delta(a, b, ...)``."""
+def merged(a: Tensors, wa: int, b: Tensors, wb: int) -> dict[str, np.ndarray]:
+    """What ``a`` becomes when it merges ``b`` with no training in between."""
     alpha = merge_weight(wa, wb)
     delta = merge_delta(a, b, alpha)
     return {k: (a[k].astype(np.float64) + delta[k]).astype(a[k].dtype) for k in a}

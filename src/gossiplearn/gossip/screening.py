@@ -64,6 +64,7 @@ class ScreeningConfig:
     median_factor: float = 3.0  # tau is never below this multiple of the median distance
     min_radius: float = 0.25  # ... nor below this relative distance
     cold_radius: float = 3.0  # the radius while warming up (two random inits are ~1.41 apart)
+    far_factor: float = 2.0  # a model beyond this many radii is a far outlier (an offence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class Verdict:
     scale: float  # factor applied to the remote's pull: 1 accept, (0, 1) clip, 0 refuse
     reason: str = ""  # "norm" for a refusal, "outlier" for a clip
     detail: str = ""
+    far: bool = False  # a clip of a model beyond ``far_factor`` radii
 
 
 ACCEPT = Verdict(Action.ACCEPT, 1.0)
@@ -160,5 +162,6 @@ class Screen:
                 radius / d,
                 "outlier",
                 f"distance {d:.4g} above the clipping radius {radius:.4g}",
+                far=d > self.config.far_factor * radius,
             )
         return ACCEPT

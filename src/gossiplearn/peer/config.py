@@ -76,7 +76,6 @@ class SecurityConfig:
     consortium_key: str = ""  # key file; relative to the home; "" = no private network
     screening: bool = True  # screen received models (norm and distance outliers)
     max_norm_ratio: float = 10.0  # refuse a model whose norm is this far from the usual
-    max_weight_ratio: float = 100.0  # a remote's claimed samples count for at most this x ours
     ban_strikes: int = 3  # offences within ban_window that get a peer banned
     ban_window: float = 60.0  # seconds
     ban_seconds: float = 300.0  # how long a ban lasts
@@ -121,7 +120,6 @@ _RULES: dict[str, tuple[Any, str]] = {
     "training.threads": (lambda v: v >= 1, "an integer >= 1"),
     "task.validation_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "security.max_norm_ratio": (lambda v: v > 1, "a number > 1"),
-    "security.max_weight_ratio": (lambda v: v >= 1, "a number >= 1"),
     "security.ban_strikes": (lambda v: v >= 1, "an integer >= 1"),
     "security.ban_window": (lambda v: v > 0, "a number of seconds > 0"),
     "security.ban_seconds": (lambda v: v >= 0, "a number of seconds >= 0 (0 = never ban)"),
@@ -285,7 +283,6 @@ validation_fraction = 0.2    # share of local data held out for validation
 # consortium_key = "consortium.key"
 screening = true             # refuse or clip received models that are outliers
 max_norm_ratio = 10.0        # refuse a model whose norm is this many times off the usual
-max_weight_ratio = 100.0     # a neighbour's claimed samples count for at most this x ours
 ban_strikes = 3              # invalid messages within ban_window that get a peer banned
 ban_window = 60.0            # seconds
 ban_seconds = 300.0          # how long a ban lasts (0 = never ban)

@@ -79,6 +79,9 @@ MODEL_MARGIN = 1.05  # inbound model frames may exceed our own encoded size by 5
 CONTROL_TIMEOUT = 10.0  # seconds for a proposal or a peer-exchange message, at most
 MIN_TRANSFER_RATE = 1 << 20  # bytes/s: a model arriving slower than this is abandoned
 TRANSFER_SLACK = 5.0  # seconds added to the transfer deadline
+RECENT_EXCHANGES = 24  # partners remembered for the fair-share rule
+FAIR_SHARE_SLACK = 2.0  # a peer may take up to this many times its fair share of them ...
+FAIR_SHARE_MIN = 3  # ... and always this many
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,7 @@ class Node:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.started_at = time.time()
-        self.local = LocalModel.of(
-            learner.specs(),
-            learner.samples,
-            learner.model_bytes(),
-            config.security.max_weight_ratio,
-        )
+        self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
         max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
         self.model_limits = Limits(max_frame=max_model, max_tensors=len(self.local.specs) + 1)
         sec = config.security
@@ -138,6 +136,7 @@ class Node:
         self.streams_refused: dict[str, int] = {}
         self.offences: dict[str, int] = {}
         self._inbound: dict[str, int] = {}
+        self._recent: deque[str] = deque(maxlen=RECENT_EXCHANGES)  # partners, newest last
         self._busy = False
         self._closing = False
         self._idle = trio.Event()
@@ -477,7 +476,8 @@ class Node:
                 with trio.fail_after(self.control_timeout):
                     proposal = await framed.receive(CONTROL_LIMITS)
                 # decide and take the slot with no checkpoint in between
-                answer = exchange.receive_propose(proposal, busy=self._busy, closing=self._closing)
+                busy = self._busy or self._over_fair_share(peer)
+                answer = exchange.receive_propose(proposal, busy=busy, closing=self._closing)
                 if isinstance(answer, Accept):
                     self._set_busy(True)
                     took_slot = True
@@ -551,10 +551,25 @@ class Node:
             log.info("clipped the model from %s: %s", peer, verdict.detail)
         await self.learner.merge(snapshot, theirs, merge.alpha * verdict.scale)
         self._record_merge(peer, merge.offer, measures.relative_distance)
+        if verdict.far:  # honest late joiners are far once or twice; a poisoner every time
+            await self._offend(peer, "outlier")
         return merge
+
+    def _over_fair_share(self, peer: str) -> bool:
+        """True if ``peer`` took more than its fair share of our recent exchanges.
+
+        With uniform neighbour sampling an honest peer takes about 1/|view| of them; one that
+        proposes far more often (to push its model at us) is declined as busy until others
+        have had their turn. Local policy, invisible on the wire.
+        """
+        share = max(
+            FAIR_SHARE_MIN, math.ceil(FAIR_SHARE_SLACK * len(self._recent) / max(1, len(self.view)))
+        )
+        return self._recent.count(peer) >= share
 
     def _record_merge(self, peer: str, offer: ModelOffer, distance: float) -> None:
         now = trio.current_time()
+        self._recent.append(peer)
         self.counters.completed += 1
         self.view.success(peer, now)
         stats = self.neighbours.setdefault(peer, NeighbourStats(peer))
