@@ -58,10 +58,10 @@ MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD * this estimates sigma for normal 
 class ScreeningConfig:
     enabled: bool = True
     max_norm_ratio: float = 10.0
-    window: int = 32  # recent distances and norms kept
+    window: int = 16  # recent distances and norms kept
     warmup: int = 8  # distances needed before the distance rule applies
-    mad_k: float = 4.0  # Hampel multiplier
-    median_factor: float = 3.0  # tau is never below this multiple of the median distance
+    mad_k: float = 3.0  # Hampel multiplier
+    median_factor: float = 2.0  # tau is never below this multiple of the median distance
     min_radius: float = 0.25  # ... nor below this relative distance
     cold_radius: float = 3.0  # the radius while warming up (two random inits are ~1.41 apart)
     far_factor: float = 2.0  # a model beyond this many radii is a far outlier (an offence)

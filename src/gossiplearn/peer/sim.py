@@ -18,7 +18,7 @@ import numpy as np
 import trio
 
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
 from gossiplearn.peer.node import Node, NodeConfig
 from gossiplearn.peer.transport import MemoryNetwork
 
@@ -133,6 +133,7 @@ def build_simulation(
     seed: int = 0,
     full_view: bool = False,
     latency: float = 0.0,
+    security: SecurityConfig | None = None,
 ) -> Simulation:
     """N nodes; node 0 is everyone's bootstrap (or, with ``full_view``, all know all)."""
     network = MemoryNetwork(latency=latency)
@@ -148,6 +149,11 @@ def build_simulation(
             bootstrap = tuple(f"/memory/{p}/p2p/{p}" for p in ids if p != peer_id)
         elif i > 0:
             bootstrap = (f"/memory/{ids[0]}/p2p/{ids[0]}",)
-        config = NodeConfig(gossip=gossip, training=training, bootstrap=bootstrap)
+        config = NodeConfig(
+            gossip=gossip,
+            training=training,
+            bootstrap=bootstrap,
+            security=security or SecurityConfig(),
+        )
         nodes.append(Node(transport, learner, config, rng=random.Random(rng.random())))
     return Simulation(network, nodes, learners)
