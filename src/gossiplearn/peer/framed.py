@@ -1,15 +1,17 @@
 """Messages over a ``Stream``: length-prefixed msgpack frames, read under explicit limits.
 
-``FramedStream.receive`` raises ``DecodeError`` for a bad frame (or one over the limit),
-``TransportError`` if the stream breaks or ends mid-frame, and ``EOFError`` at a clean end of
-stream between frames. It never buffers more than the frame limit in force.
+``FramedStream.receive`` raises ``DecodeError`` for a bad frame (one over the limit, or one the
+sender ends before its declared length), ``TransportError`` if the stream breaks, and
+``EOFError`` at a clean end of stream between frames. (py-libp2p 0.8.1 reports a remote's reset
+as a clean end of stream, so a peer killed mid-frame also counts as a truncated frame: one
+offence, far from a ban.) It never buffers more than the frame limit in force.
 """
 
 from __future__ import annotations
 
 import trio
 
-from gossiplearn.errors import TransportError
+from gossiplearn.errors import DecodeError, TransportError
 from gossiplearn.gossip.framing import FrameDecoder, frame_header
 from gossiplearn.gossip.messages import Limits, Message, decode, encode
 from gossiplearn.peer.transport import Stream
@@ -43,8 +45,8 @@ class FramedStream:
         while not self._frames:
             data = await self.stream.read(min(READ_CHUNK, max(self._decoder.wanted(), 1)))
             if not data:
-                if self._decoder.buffered:
-                    raise TransportError("stream ended in the middle of a frame")
+                if self._decoder.buffered:  # the sender cut its own frame short
+                    raise DecodeError("stream ended in the middle of a frame")
                 raise EOFError("stream ended")
             self.bytes_received += len(data)
             self._frames.extend(self._decoder.feed(data))

@@ -558,12 +558,14 @@ class Node:
     def _over_fair_share(self, peer: str) -> bool:
         """True if ``peer`` took more than its fair share of our recent exchanges.
 
-        With uniform neighbour sampling an honest peer takes about 1/|view| of them; one that
-        proposes far more often (to push its model at us) is declined as busy until others
-        have had their turn. Local policy, invisible on the wire.
+        With uniform neighbour sampling an honest peer takes about 1/n of them (n: connected
+        neighbours in good standing; departed ones do not count); one that proposes far more
+        often (to push its model at us) is declined as busy until others have had their turn.
+        Local policy, invisible on the wire.
         """
+        active = sum(1 for e in self.view.entries() if e.connected and not e.failures)
         share = max(
-            FAIR_SHARE_MIN, math.ceil(FAIR_SHARE_SLACK * len(self._recent) / max(1, len(self.view)))
+            FAIR_SHARE_MIN, math.ceil(FAIR_SHARE_SLACK * len(self._recent) / max(1, active))
         )
         return self._recent.count(peer) >= share
 
