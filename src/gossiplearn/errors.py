@@ -30,3 +30,7 @@ class TransportError(GossipError):
 
 class UserError(GossipError):
     """A problem a person can fix: bad flag, bad file, no running peer. The text says how."""
+
+
+class CheckpointError(GossipError):
+    """A checkpoint file is missing, truncated, corrupt, of another version or another model."""

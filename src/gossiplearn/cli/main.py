@@ -75,6 +75,7 @@ START_FLAGS: dict[str, str] = {
     "eval_interval": "training.eval_interval",
     "threads": "training.threads",
     "training": "training.enabled",
+    "checkpoint_interval": "training.checkpoint_interval",
     "task": "task.name",
     "shard": "task.shard",
     "partition": "task.partition",
@@ -117,6 +118,9 @@ START_FLAGS: dict[str, str] = {
 @click.option("--threads", type=int, help="Torch CPU threads.")
 @click.option(
     "--training/--no-training", default=None, help="Train locally (default) or only average."
+)
+@click.option(
+    "--checkpoint-interval", type=float, help="Seconds between checkpoints (0 = at shutdown only)."
 )
 @click.option("--task", help="digits | tabular | package.module:function")
 @click.option("--shard", help="digits: this member's shard I/N.")

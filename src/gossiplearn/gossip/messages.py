@@ -151,7 +151,7 @@ def encode(msg: Message) -> bytes:
                 "steps": msg.steps,
                 "acc": msg.accuracy,
                 "loss": msg.loss,
-                "tensors": [_encode_tensor(k, v) for k, v in msg.tensors.items()],
+                "tensors": [encode_tensor(k, v) for k, v in msg.tensors.items()],
             }
         case PeersRequest():
             body |= {"t": "peers?", "sender": _encode_peer(msg.sender)}
@@ -169,7 +169,8 @@ def _wire_name(dtype: np.dtype[Any]) -> str:
     raise TypeError(f"dtype {dtype} cannot be exchanged (only {', '.join(WIRE_DTYPES)})")
 
 
-def _encode_tensor(name: str, arr: np.ndarray) -> list[Any]:
+def encode_tensor(name: str, arr: np.ndarray) -> list[Any]:
+    """``[name, wire dtype, shape, little-endian bytes]``: a tensor as messages carry it."""
     wire = _wire_name(arr.dtype)
     data = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[wire]).tobytes()
     return [name, wire, [int(d) for d in arr.shape], data]
@@ -243,7 +244,7 @@ def _decode_body(body: Any, limits: Limits) -> Message:
             raise DecodeError(f"{len(raw)} tensors exceed the limit of {limits.max_tensors}")
         tensors: dict[str, np.ndarray] = {}
         for item in raw:
-            name, arr = _decode_tensor(item, limits)
+            name, arr = decode_tensor(item, limits)
             if name in tensors:
                 raise DecodeError(f"tensor {name!r} appears twice")
             tensors[name] = arr
@@ -298,7 +299,9 @@ def _opt_float(body: dict[str, Any], key: str) -> float | None:
     return value
 
 
-def _decode_tensor(item: Any, limits: Limits) -> tuple[str, np.ndarray]:
+def decode_tensor(item: Any, limits: Limits) -> tuple[str, np.ndarray]:
+    """Inverse of ``encode_tensor``; sizes checked before the view is made. Raises
+    ``DecodeError``. The array is a read-only view of ``item``'s bytes."""
     if not isinstance(item, list) or len(item) != 4:
         raise DecodeError("a tensor must be [name, dtype, shape, data]")
     name, wire, shape, data = item

@@ -1,8 +1,9 @@
 """Wiring for ``gossiplearn init`` and ``gossiplearn start``: home, identity, task, host, node.
 
 ``run_peer`` owns the peer's whole lifetime: it takes the home's lock (one peer per home), builds
-the task and the libp2p host, runs the node and the status endpoint, and on SIGINT/SIGTERM stops
-gossip gracefully (the exchange in flight may finish) and saves the model before returning.
+the task and the libp2p host, resumes from the newest checkpoint, runs the node, the status
+endpoint and the periodic checkpoints, and on SIGINT/SIGTERM stops gossip gracefully (the
+exchange in flight may finish) and saves the model and a last checkpoint before returning.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.consortium import load_key_file as load_consortium_key
 from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, load_key_file
 from gossiplearn.errors import UserError
-from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
 from gossiplearn.peer.config import CONFIG_FILE_NAME, PeerConfig, load_config_file, with_overrides
 from gossiplearn.peer.home import home_lock
 from gossiplearn.peer.host import Libp2pTransport, parse_multiaddr
 from gossiplearn.peer.learner import ThreadedLearner
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model, save_model
 from gossiplearn.peer.node import Node, NodeConfig
+from gossiplearn.peer.resume import Checkpointer, resume, resume_node, save_model_file
 from gossiplearn.peer.status import serve_status
 from gossiplearn.peer.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
@@ -98,39 +98,6 @@ def peer_seed(task_seed: int, identity: Identity) -> int:
     return int.from_bytes(digest.digest()[:4], "big")
 
 
-def _restore(trainer: Trainer, path: Path) -> None:
-    if not path.exists():
-        return
-    try:
-        saved = load_model(path)
-    except UserError as exc:
-        log.warning("%s; starting from a fresh model", exc)
-        return
-    ours = fingerprint(trainer.specs())
-    if saved.fingerprint != ours or fingerprint(specs_of(saved.tensors)) != ours:
-        log.warning(
-            "the saved model in %s belongs to another model architecture; starting fresh "
-            "(the old file is replaced at shutdown)",
-            path,
-        )
-        return
-    trainer.load(saved.tensors)
-    trainer.steps = saved.steps
-    log.info("resumed the model saved in %s (%d steps)", path, saved.steps)
-
-
-def _save(trainer: Trainer, path: Path) -> None:
-    offer = ModelOffer(
-        fingerprint=fingerprint(trainer.specs()),
-        samples=trainer.samples,
-        steps=trainer.steps,
-        accuracy=None,
-        loss=None,
-        tensors=trainer.snapshot(),
-    )
-    save_model(path, offer)
-
-
 async def run_peer(
     home: Path,
     overrides: Mapping[str, Any],
@@ -164,8 +131,10 @@ async def run_peer(
         torch.set_num_threads(config.training.threads)
         task = build_task(config)
         trainer = Trainer(task, config.training, seed=peer_seed(config.task.seed, identity))
-        model_path = home / MODEL_FILE_NAME
-        _restore(trainer, model_path)
+        resumed = resume(trainer, home)
+        checkpointer = Checkpointer(
+            home, trainer, config.training.checkpoint_interval, resumed=resumed
+        )
         learner = ThreadedLearner(trainer)
         node_config = NodeConfig(
             gossip=config.gossip,
@@ -176,7 +145,7 @@ async def run_peer(
             members=config.members,
             consortium_key_id=key.key_id if key is not None else None,
         )
-        started = False
+        node: Node | None = None
         try:
             async with Libp2pTransport.open(
                 identity,
@@ -184,19 +153,39 @@ async def run_peer(
                 dial_timeout=config.network.dial_timeout,
                 consortium_key=key,
             ) as transport:
-                started = True
                 node = Node(transport, learner, node_config)
+                if resumed is not None:
+                    resume_node(node, resumed.node)
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(serve_status, home, node.status)
+                    await nursery.start(serve_status, home, _status_of(node, checkpointer))
                     await nursery.start(node.run)
                     nursery.start_soon(watch_members, home, node)
+                    nursery.start_soon(checkpointer.run, node)
                     on_ready(node)
                     await _wait_for_signal(node)
                     nursery.cancel_scope.cancel()
         finally:
-            if started:  # a peer that never ran has nothing new to save
-                await trio.to_thread.run_sync(_save, trainer, model_path)
-                log.info("model saved to %s", model_path)
+            if node is not None:  # a peer that never ran has nothing new to save
+                with trio.CancelScope(shield=True):  # bounded work; a second signal waits for it
+                    await _save_at_shutdown(home, trainer, checkpointer, node)
+
+
+def _status_of(node: Node, checkpointer: Checkpointer) -> Callable[[], dict[str, Any]]:
+    return lambda: {**node.status(), "checkpoint": checkpointer.status()}
+
+
+async def _save_at_shutdown(
+    home: Path, trainer: Trainer, checkpointer: Checkpointer, node: Node
+) -> None:
+    """Write model.glm and a last checkpoint; a write that fails is reported, not raised (the
+    last periodic checkpoint is still there)."""
+    try:
+        await trio.to_thread.run_sync(save_model_file, trainer, home)
+        await checkpointer.save(node)
+    except OSError as exc:
+        log.error("could not save the model or the checkpoint in %s: %s", home, exc)
+        return
+    log.info("model and checkpoint saved in %s", home)
 
 
 async def _wait_for_signal(node: Node) -> None:

@@ -59,6 +59,7 @@ class TrainingConfig:
     eval_interval: float = 2.0
     threads: int = 1
     enabled: bool = True
+    checkpoint_interval: float = 30.0  # seconds between checkpoints; 0 = only at shutdown
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,10 @@ _RULES: dict[str, tuple[Any, str]] = {
     "training.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = unlimited)"),
     "training.eval_interval": (lambda v: v > 0, "a number of seconds > 0"),
     "training.threads": (lambda v: v >= 1, "an integer >= 1"),
+    "training.checkpoint_interval": (
+        lambda v: 0 <= v < float("inf"),
+        "a number of seconds >= 0 (0 = only at shutdown)",
+    ),
     "task.validation_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "security.max_norm_ratio": (lambda v: v > 1, "a number > 1"),
     "security.ban_strikes": (lambda v: v >= 1, "an integer >= 1"),
@@ -263,6 +268,8 @@ max_steps = 0                # stop training after this many steps (0 = never); 
 eval_interval = 2.0          # seconds between validation evaluations
 threads = 1                  # torch CPU threads for training
 enabled = true               # false: only average (no local training)
+checkpoint_interval = 30.0   # seconds between checkpoints of model, optimiser and counters
+                             # (0 = only at shutdown); `start` resumes from the newest one
 
 [task]
 name = "digits"              # digits | tabular | package.module:function

@@ -6,6 +6,10 @@ work) and are meant for ``trio.to_thread.run_sync``; none of them awaits.
 
 Exchanged tensors are the floating-point entries of the model's ``state_dict`` (parameters and
 float buffers); integer buffers stay local.
+
+``state``/``restore`` capture and reinstate everything the next SGD step depends on (tensors,
+momentum buffers, the batch-order generator and permutation, counters), so a peer resumed from
+a checkpoint continues bit for bit as if it had not stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import numpy as np
 import torch
 
 from gossiplearn.gossip.merge import merge_delta
-from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
+from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, fingerprint, specs_of
+from gossiplearn.peer.checkpoint import TrainerState
 from gossiplearn.peer.config import TrainingConfig
 from gossiplearn.tasks.base import Task
 
@@ -119,3 +124,64 @@ class Trainer:
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
                 t.copy_(torch.from_numpy(np.array(tensors[name], copy=True)))
+
+    # ---- checkpoints (blocking)
+
+    def state(self) -> TrainerState:
+        """A copy of everything the next SGD step depends on, taken under the lock."""
+        with self._lock:
+            momentum = {}
+            for name, param in self.model.named_parameters():
+                buf = self.optimizer.state.get(param, {}).get("momentum_buffer")
+                if buf is not None:
+                    momentum[name] = buf.detach().cpu().numpy().copy()
+            tensors = self._snapshot_unlocked()
+            return TrainerState(
+                fingerprint=fingerprint(specs_of(tensors)),
+                steps=self.steps,
+                samples_seen=self.samples_seen,
+                tensors=tensors,
+                momentum=momentum,
+                rng_state=self._gen.get_state().numpy().tobytes(),
+                order=self._order.numpy().copy(),
+                position=self._pos,
+            )
+
+    def incompatibility(self, state: TrainerState) -> str | None:
+        """Why ``state`` cannot be restored into this trainer (another model, another data
+        size, a damaged generator state), or None."""
+        ours = fingerprint(self.specs())
+        if state.fingerprint != ours or fingerprint(specs_of(state.tensors)) != ours:
+            return "it holds another model architecture"
+        params = dict(self.model.named_parameters())
+        for name, buf in state.momentum.items():
+            param = params.get(name)
+            if param is None or tuple(buf.shape) != tuple(param.shape):
+                return f"momentum buffer {name!r} matches no parameter"
+        n = len(self.task.train)
+        order = state.order
+        if len(order) not in (0, n) or (len(order) and (order.min() < 0 or order.max() >= n)):
+            return "its batch order belongs to another training set"
+        if state.position > len(order):
+            return "its batch position is out of range"
+        if len(state.rng_state) != len(self._gen.get_state()):
+            return "its generator state has the wrong size"
+        return None
+
+    def restore(self, state: TrainerState) -> None:
+        """Reinstate ``state`` (checked with ``incompatibility`` first)."""
+        params = dict(self.model.named_parameters())
+        with self._lock, torch.no_grad():
+            for name, t in self._tensors.items():
+                t.copy_(torch.from_numpy(np.array(state.tensors[name], copy=True)))
+            self.optimizer.state.clear()
+            for name, buf in state.momentum.items():
+                param = params[name]
+                self.optimizer.state[param]["momentum_buffer"] = torch.from_numpy(
+                    np.array(buf, copy=True)
+                ).to(dtype=param.dtype, device=param.device)
+            self._gen.set_state(torch.frombuffer(bytearray(state.rng_state), dtype=torch.uint8))
+            self._order = torch.from_numpy(np.array(state.order, dtype=np.int64, copy=True))
+            self._pos = state.position
+            self.steps = state.steps
+            self.samples_seen = state.samples_seen

@@ -1,0 +1,294 @@
+"""Checkpoint files: what a peer needs to resume exactly where it stopped, and their rotation.
+
+File layout (all integers big-endian)::
+
+    b"GLCKPT"  version (u16)  body length (u64)  SHA-256 of the body (32 bytes)  body
+
+The body is a msgpack map (never pickle): model tensors and SGD momentum buffers are encoded
+as the wire codec encodes tensors (name, dtype, shape, little-endian bytes); the batch-order
+generator state and permutation as raw bytes; counters, bytes and histories as plain values.
+
+Invariants:
+- ``decode_checkpoint`` raises ``CheckpointError`` and nothing else, whatever the bytes: a
+  truncated file fails the length check, a flipped bit the magic, version, length or checksum.
+- ``save_checkpoint`` keeps the last good checkpoint: the current file is renamed to
+  ``checkpoint.prev.glc`` (an atomic rename), then the new one is written to a temporary file,
+  fsynced, renamed to ``checkpoint.glc`` and the folder fsynced. A SIGKILL at any instant leaves
+  at least one complete checkpoint once one has been written.
+- ``load_checkpoint`` never raises: it tries the newest file, then the previous one, and says
+  which file it skipped and why. A corrupt newest file is moved aside (``checkpoint.bad.glc``)
+  so that the next save does not rotate it over the good previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from gossiplearn.errors import CheckpointError, DecodeError
+from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
+from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
+from gossiplearn.peer.modelfile import MODEL_FILE_NAME, write_atomic
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"GLCKPT"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">6sHQ32s")
+CURRENT_NAME = "checkpoint.glc"
+PREVIOUS_NAME = "checkpoint.prev.glc"
+BAD_NAME = "checkpoint.bad.glc"
+_ORDER_DTYPE = np.dtype("<i8")
+_COUNTER_FIELDS = tuple(f.name for f in fields(ExchangeCounters) if f.name != "refused_by_reason")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerState:
+    """Everything that determines the trainer's next SGD step."""
+
+    fingerprint: bytes  # of the model's exchanged tensors (gossip.messages.fingerprint)
+    steps: int
+    samples_seen: int
+    tensors: Mapping[str, np.ndarray] = field(repr=False)  # floating state_dict entries
+    momentum: Mapping[str, np.ndarray] = field(repr=False)  # SGD momentum buffer per parameter
+    rng_state: bytes = field(repr=False)  # the batch-order generator (torch.Generator state)
+    order: np.ndarray = field(repr=False)  # the current epoch's permutation (int64)
+    position: int = 0  # next index into ``order``
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What ``gossiplearn status`` counts, so that it never goes backwards across restarts."""
+
+    counters: ExchangeCounters
+    bytes_sent: int
+    bytes_received: int
+    history: tuple[MetricPoint, ...]
+    consensus: tuple[tuple[float, float], ...]  # (unix time, consensus distance)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    created: float  # unix seconds
+    trainer: TrainerState
+    node: NodeState
+
+
+# ---------------------------------------------------------------------------------- format
+
+
+def encode_checkpoint(cp: Checkpoint) -> bytes:
+    """The complete file contents for ``cp`` (header included)."""
+    t, n = cp.trainer, cp.node
+    counters: dict[str, Any] = {name: getattr(n.counters, name) for name in _COUNTER_FIELDS}
+    counters["refused_by_reason"] = dict(n.counters.refused_by_reason)
+    body: bytes = msgpack.packb(
+        {
+            "created": float(cp.created),
+            "fp": t.fingerprint,
+            "steps": t.steps,
+            "seen": t.samples_seen,
+            "model": [encode_tensor(k, v) for k, v in t.tensors.items()],
+            "momentum": [encode_tensor(k, v) for k, v in t.momentum.items()],
+            "rng": t.rng_state,
+            "order": np.ascontiguousarray(t.order, dtype=_ORDER_DTYPE).tobytes(),
+            "pos": t.position,
+            "counters": counters,
+            "sent": n.bytes_sent,
+            "received": n.bytes_received,
+            "history": [[p.time, p.steps, p.accuracy, p.loss] for p in n.history],
+            "consensus": [[time, distance] for time, distance in n.consensus],
+        },
+        use_bin_type=True,
+    )
+    digest = hashlib.sha256(body).digest()
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), digest) + body
+
+
+def decode_checkpoint(data: bytes) -> Checkpoint:
+    """Parse a checkpoint file's contents. Raises ``CheckpointError``, and only that."""
+    if len(data) < _HEADER.size:
+        raise CheckpointError(f"truncated: {len(data)} bytes, shorter than the header")
+    magic, version, length, digest = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CheckpointError("not a gossiplearn checkpoint (bad magic)")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"format version {version}; this gossiplearn reads {FORMAT_VERSION}")
+    body = data[_HEADER.size :]
+    if len(body) != length:
+        raise CheckpointError(f"truncated: {len(body)} bytes of body, the header says {length}")
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointError("corrupt: checksum mismatch")
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True, max_ext_len=0)
+        return _decode_body(raw, len(body))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - msgpack and numpy raise many types; all mean invalid
+        raise CheckpointError(f"undecodable: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_body(raw: Any, size: int) -> Checkpoint:
+    if not isinstance(raw, dict):
+        raise CheckpointError("undecodable: the body is not a map")
+    limits = Limits(max_frame=size, max_tensors=1 << 16)
+    counters_raw = _get(raw, "counters", dict)
+    counters = ExchangeCounters()
+    for name in _COUNTER_FIELDS:
+        if name in counters_raw:  # a counter added later starts at 0 in older checkpoints
+            setattr(counters, name, _count(counters_raw, name))
+    reasons = _get(counters_raw, "refused_by_reason", dict)
+    for reason, count in reasons.items():
+        if not isinstance(reason, str) or not _is_count(count):
+            raise CheckpointError("undecodable: bad refused_by_reason entry")
+        counters.refused_by_reason[reason] = count
+    order = _get(raw, "order", bytes)
+    if len(order) % _ORDER_DTYPE.itemsize:
+        raise CheckpointError("undecodable: the batch order is not a whole number of int64")
+    trainer = TrainerState(
+        fingerprint=_get(raw, "fp", bytes),
+        steps=_count(raw, "steps"),
+        samples_seen=_count(raw, "seen"),
+        tensors=_tensors(_get(raw, "model", list), limits),
+        momentum=_tensors(_get(raw, "momentum", list), limits),
+        rng_state=_get(raw, "rng", bytes),
+        order=np.frombuffer(order, dtype=_ORDER_DTYPE),
+        position=_count(raw, "pos"),
+    )
+    history = []
+    for item in _get(raw, "history", list):
+        if not isinstance(item, list) or len(item) != 4 or not _is_count(item[1]):
+            raise CheckpointError("undecodable: bad metrics history point")
+        history.append(MetricPoint(_real(item[0]), item[1], _opt_real(item[2]), _opt_real(item[3])))
+    consensus = []
+    for item in _get(raw, "consensus", list):
+        if not isinstance(item, list) or len(item) != 2:
+            raise CheckpointError("undecodable: bad consensus history point")
+        consensus.append((_real(item[0]), _real(item[1])))
+    node = NodeState(
+        counters=counters,
+        bytes_sent=_count(raw, "sent"),
+        bytes_received=_count(raw, "received"),
+        history=tuple(history),
+        consensus=tuple(consensus),
+    )
+    return Checkpoint(created=_real(raw.get("created")), trainer=trainer, node=node)
+
+
+def _tensors(items: list[Any], limits: Limits) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for item in items:
+        try:
+            name, arr = decode_tensor(item, limits)
+        except DecodeError as exc:
+            raise CheckpointError(f"undecodable: {exc}") from None
+        if name in out:
+            raise CheckpointError(f"undecodable: tensor {name!r} appears twice")
+        out[name] = arr
+    return out
+
+
+def _get(raw: dict[str, Any], key: str, typ: type) -> Any:
+    value = raw.get(key)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise CheckpointError(f"undecodable: field {key!r} must be {typ.__name__}")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _count(raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CheckpointError(f"undecodable: field {key!r} must be an integer >= 0")
+    return value
+
+
+def _real(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CheckpointError(f"undecodable: {value!r} is not a number")
+    return float(value)
+
+
+def _opt_real(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = _real(value)
+    return number if math.isfinite(number) else None
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def save_checkpoint(home: Path, data: bytes) -> None:
+    """Make ``data`` (from ``encode_checkpoint``) the newest checkpoint in ``home``, keeping the
+    one it replaces as the previous. Blocking (fsync); raises ``OSError``."""
+    current = home / CURRENT_NAME
+    if current.exists():
+        # an atomic rename: at every instant one of the two names holds a complete checkpoint
+        os.replace(current, home / PREVIOUS_NAME)
+    write_atomic(current, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    checkpoint: Checkpoint
+    path: Path
+
+
+def load_checkpoint(
+    home: Path, check: Callable[[Checkpoint], str | None] = lambda cp: None
+) -> Loaded | None:
+    """The newest valid checkpoint in ``home`` that ``check`` accepts (``check`` returns why a
+    checkpoint is unusable, or None), or None. Never raises; logs each file it skips and why."""
+    for name in (CURRENT_NAME, PREVIOUS_NAME):
+        path = home / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("checkpoint %s cannot be read (%s); trying the previous one", path, exc)
+            continue
+        try:
+            cp = decode_checkpoint(data)
+        except CheckpointError as exc:
+            log.warning("checkpoint %s is unusable: %s; trying the previous one", path, exc)
+            if name == CURRENT_NAME:
+                _set_aside(path)
+            continue
+        reason = check(cp)
+        if reason is not None:
+            log.warning("checkpoint %s is unusable: %s; trying the previous one", path, reason)
+            continue
+        return Loaded(cp, path)
+    return None
+
+
+def _set_aside(path: Path) -> None:
+    """Move a corrupt newest checkpoint out of the rotation (kept for inspection)."""
+    try:
+        os.replace(path, path.with_name(BAD_NAME))
+    except OSError as exc:
+        log.warning("could not move %s aside: %s", path, exc)
+    else:
+        log.warning("moved %s to %s", path.name, BAD_NAME)
+
+
+def remove_stale_temporaries(home: Path) -> None:
+    """Delete temporary files left by a writer that was killed (the home lock says we own them)."""
+    for name in (CURRENT_NAME, MODEL_FILE_NAME):
+        for tmp in home.glob(f".{name}.*.tmp"):  # write_atomic's temporary names
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,178 @@
+"""Saving a running peer's progress and resuming it: the checkpoint service and start-up restore.
+
+``Checkpointer.run`` writes a checkpoint (``peer/checkpoint.py``) every ``checkpoint_interval``
+seconds; ``run_peer`` writes a last one at shutdown, with ``model.glm`` (read by the demo and by
+older versions). ``resume`` restores the newest usable checkpoint into the trainer; its node
+part is applied with ``resume_node`` before the node runs, so counters and histories continue.
+
+Invariants:
+- Start-up never fails because of what is saved: every unusable file is reported with its name
+  and the reason, and the peer falls back to the previous checkpoint, then ``model.glm`` (homes
+  written before checkpoints existed), then a fresh model.
+- The node's counters are read in the trio thread (where they change); the trainer's state is
+  taken under its lock and the file written in a worker thread, one write at a time.
+- The status only reports a checkpoint once it is durably on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gossiplearn.errors import UserError
+from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
+from gossiplearn.gossip.stats import ExchangeCounters
+from gossiplearn.peer.checkpoint import (
+    Checkpoint,
+    NodeState,
+    encode_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model, save_model
+from gossiplearn.peer.node import Node
+from gossiplearn.peer.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def resume(trainer: Trainer, home: Path) -> Checkpoint | None:
+    """Restore the newest usable checkpoint of ``home`` into ``trainer`` and return it; else
+    load ``model.glm`` if there is a usable one, and return None. Never raises for bad files."""
+    remove_stale_temporaries(home)
+
+    def check(cp: Checkpoint) -> str | None:
+        return trainer.incompatibility(cp.trainer)
+
+    loaded = load_checkpoint(home, check)
+    if loaded is not None:
+        trainer.restore(loaded.checkpoint.trainer)
+        log.info(
+            "resumed from checkpoint %s (%d steps, written %s)",
+            loaded.path,
+            loaded.checkpoint.trainer.steps,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loaded.checkpoint.created)),
+        )
+        return loaded.checkpoint
+    if not _restore_model_file(trainer, home / MODEL_FILE_NAME):
+        log.info("no usable checkpoint or model in %s: starting from a fresh model", home)
+    return None
+
+
+def _restore_model_file(trainer: Trainer, path: Path) -> bool:
+    """Load the model (not the optimiser or counters) saved by a peer without checkpoints."""
+    if not path.exists():
+        return False
+    try:
+        saved = load_model(path)
+    except UserError as exc:
+        log.warning("%s; not using it", exc)
+        return False
+    ours = fingerprint(trainer.specs())
+    if saved.fingerprint != ours or fingerprint(specs_of(saved.tensors)) != ours:
+        log.warning("the saved model in %s belongs to another model architecture", path)
+        return False
+    trainer.load(saved.tensors)
+    trainer.steps = saved.steps
+    log.info("resumed the model saved in %s (%d steps)", path, saved.steps)
+    return True
+
+
+def save_model_file(trainer: Trainer, home: Path) -> None:
+    """Write ``model.glm`` (blocking): the model alone, for the demo and ``load_model``."""
+    offer = ModelOffer(
+        fingerprint=fingerprint(trainer.specs()),
+        samples=trainer.samples,
+        steps=trainer.steps,
+        accuracy=None,
+        loss=None,
+        tensors=trainer.snapshot(),
+    )
+    save_model(home / MODEL_FILE_NAME, offer)
+
+
+def node_state(node: Node) -> NodeState:
+    """A copy of the node's counters and histories (call in the trio thread)."""
+    return NodeState(
+        counters=_copy(node.counters),
+        bytes_sent=node.bytes_sent,
+        bytes_received=node.bytes_received,
+        history=tuple(node.history.points),
+        consensus=tuple(node.consensus),
+    )
+
+
+def resume_node(node: Node, state: NodeState) -> None:
+    """Continue ``state``'s counters and histories in a node that has not run yet."""
+    node.counters = _copy(state.counters)
+    node.bytes_sent = state.bytes_sent
+    node.bytes_received = state.bytes_received
+    for point in state.history:
+        node.history.add(point)
+    node.consensus.extend(state.consensus)
+
+
+def _copy(counters: ExchangeCounters) -> ExchangeCounters:
+    return replace(counters, refused_by_reason=dict(counters.refused_by_reason))
+
+
+class Checkpointer:
+    """Writes checkpoints of one peer to its home; ``status()`` says what was last written."""
+
+    def __init__(
+        self, home: Path, trainer: Trainer, interval: float, resumed: Checkpoint | None = None
+    ) -> None:
+        self.home = home
+        self.trainer = trainer
+        self.interval = interval  # seconds; 0 = only when ``save`` is called (at shutdown)
+        self._limiter = trio.CapacityLimiter(1)  # one write at a time: they share a temp name
+        self._last: Checkpoint | None = None
+        self._resumed = resumed  # what ``resume`` restored at start-up, for the status
+
+    async def run(self, node: Node) -> None:
+        """Checkpoint every ``interval`` seconds until cancelled. A failed write (disk full,
+        permissions) is logged and retried at the next interval; the peer keeps running."""
+        if self.interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.interval)
+            try:
+                await self.save(node)
+            except OSError as exc:
+                log.warning("checkpoint not written to %s: %s", self.home, exc)
+
+    async def save(self, node: Node) -> None:
+        """Write one checkpoint now. A cancelled save still completes the write in progress
+        (``trio.to_thread.run_sync`` does not abandon it). Raises ``OSError``."""
+        state = node_state(node)
+        self._last = await trio.to_thread.run_sync(self._write, state, limiter=self._limiter)
+
+    def _write(self, state: NodeState) -> Checkpoint:
+        cp = Checkpoint(created=time.time(), trainer=self.trainer.state(), node=state)
+        save_checkpoint(self.home, encode_checkpoint(cp))
+        return cp
+
+    def status(self) -> dict[str, Any]:
+        """``status --json`` → ``checkpoint``: the last one written and the one resumed from."""
+        return {
+            "interval": self.interval,
+            **_summary(self._last),
+            "resumed": _summary(self._resumed) if self._resumed is not None else None,
+        }
+
+
+def _summary(cp: Checkpoint | None) -> dict[str, Any]:
+    if cp is None:
+        return {"time": None, "steps": None, "samples_seen": None, "exchanges": None}
+    return {
+        "time": cp.created,
+        "steps": cp.trainer.steps,
+        "samples_seen": cp.trainer.samples_seen,
+        "exchanges": cp.node.counters.completed,
+    }
