@@ -91,6 +91,17 @@ def render_status(s: dict[str, Any]) -> Group:
     head.add_row(
         "traffic", f"{_bytes(s['bytes_sent'])} sent, {_bytes(s['bytes_received'])} received"
     )
+    cp = s.get("checkpoint")
+    if cp:
+        every = f"every {cp['interval']:g} s" if cp.get("interval") else "at shutdown only"
+        last = (
+            f"last {_ago(cp['time'], now)} ({cp['steps']} steps)" if cp.get("time") else "none yet"
+        )
+        resumed = cp.get("resumed")
+        head.add_row(
+            "checkpoint",
+            f"{last}, {every}" + (f"; resumed from {resumed['steps']} steps" if resumed else ""),
+        )
     for label, text in _security_rows(s.get("security") or {}, e, now):
         head.add_row(label, text)
 
