@@ -8,33 +8,15 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from clitools import CLI, run
 
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model
 
-CLI = [sys.executable, "-m", "gossiplearn"]
 DEADLINE = 90.0
-
-
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    # Unix socket paths are limited to 107 bytes: keep homes short
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="gl-") as d:
-        yield Path(d)
 
 
 def test_init_creates_a_private_key_and_never_overwrites_it(short_tmp: Path) -> None:

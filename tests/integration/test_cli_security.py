@@ -7,33 +7,16 @@ import re
 import signal
 import stat
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from clitools import CLI, run
 
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME
 
-CLI = [sys.executable, "-m", "gossiplearn"]
 DEADLINE = 60.0
 KEY_ID = re.compile(r"consortium key ([0-9a-f]{8}) written to")
-
-
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    # Unix socket paths are limited to 107 bytes: keep homes short
-    with tempfile.TemporaryDirectory(prefix="gl-") as d:
-        yield Path(d)
 
 
 def init(home: Path) -> str:

@@ -7,30 +7,21 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from clitools import CLI
 
 from gossiplearn.errors import UserError
 from gossiplearn.peer.checkpoint import CURRENT_NAME, PREVIOUS_NAME, load_checkpoint
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model
 from gossiplearn.peer.status import fetch_status
 
-CLI = [sys.executable, "-m", "gossiplearn"]
 DEADLINE = 60.0
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="gl-") as d:  # Unix socket paths: 107 bytes at most
-        yield Path(d)
 
 
 # A writer that saves bigger and bigger-numbered checkpoints as fast as it can and prints each
