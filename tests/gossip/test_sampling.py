@@ -221,3 +221,16 @@ def test_unknown_peers_are_ignored(unknown_call: str) -> None:
         v.mark_disconnected("ghost")
     assert "ghost" not in v
     assert v.entries() == []
+
+
+def test_next_retry_is_the_earliest_backoff_expiry_of_a_reachable_peer() -> None:
+    view = PeerView("me")
+    assert view.next_retry() is None
+    view.learn(PeerRecord("a", ("/ip4/1.1.1.1/tcp/1",)), now=0.0)
+    view.learn(PeerRecord("b", ("/ip4/1.1.1.2/tcp/1",)), now=0.0)
+    view.learn(PeerRecord("c", ()), now=0.0)  # unreachable: never eligible, never counts
+    view.failure("a", now=10.0)
+    view.failure("b", now=10.0)
+    view.failure("b", now=10.0)
+    assert view.next_retry() == 11.0
+    assert not view.eligible(10.5) and view.eligible(11.0) == ["a"]

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def test_a_port_already_in_use_is_refused(short_tmp: Path) -> None:
 
 
 class Peer:
-    def __init__(self, home: Path, shard: str, bootstrap: str | None = None) -> None:
+    def __init__(self, home: Path, shard: str, bootstrap: str | None = None, *extra: str) -> None:
         self.home = home
         args = [
             "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
@@ -94,6 +95,7 @@ class Peer:
         ]  # fmt: skip
         if bootstrap:
             args += ["--bootstrap", bootstrap]
+        args += extra
         self.out = (home.parent / f"{home.name}.out").open("w+")
         self.err = (home.parent / f"{home.name}.err").open("w+")
         self.proc = subprocess.Popen([*CLI, *args], stdout=self.out, stderr=self.err, text=True)
@@ -189,3 +191,79 @@ def test_three_peers_started_by_hand_gossip_and_stop_cleanly(short_tmp: Path) ->
         saved = load_model(home / MODEL_FILE_NAME)
         assert saved.steps > 0
         assert not (home / "status.sock").exists()
+
+
+def neighbour_exchanges(status: dict[str, Any] | None, peer_id: str) -> int:
+    """Exchanges completed with ``peer_id`` in this run, per ``status``; 0 if not a neighbour."""
+    for n in status["neighbours"] if status else ():
+        if n["peer_id"] == peer_id:
+            return int(n["exchanges"])
+    return 0
+
+
+def poll(what: str, check: Callable[[], bool], peers: list[Peer], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in peers:
+            assert p.proc.poll() is None, p.log()
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting until {what}: " + "\n".join(p.log() for p in peers))
+
+
+def test_consortium_outlives_its_bootstrap_node_through_address_books(short_tmp: Path) -> None:
+    homes = {name: short_tmp / name for name in "abcd"}
+    for home in homes.values():
+        assert run("init", "--home", str(home)).returncode == 0
+    fast = ("--discovery-interval", "1")
+    a = Peer(homes["a"], "1/4", None, *fast)
+    live: list[Peer] = [a]
+    try:
+        a_addr = a.address()
+        b = Peer(homes["b"], "2/4", a_addr, *fast)
+        c = Peer(homes["c"], "3/4", a_addr, *fast)
+        live += [b, c]
+        ids = {}
+
+        def all_know_two() -> bool:
+            statuses = [p.status() for p in (a, b, c)]
+            if not all(st and len(st["neighbours"]) == 2 for st in statuses):
+                return False
+            ids.update(zip("abc", (st["peer_id"] for st in statuses if st), strict=True))
+            return True
+
+        poll("A, B and C all know each other", all_know_two, live)
+        assert a.stop() == 0  # A leaves for good
+        live.remove(a)
+        base = neighbour_exchanges(b.status(), ids["c"])
+        poll(
+            "B and C keep exchanging without A",
+            lambda: neighbour_exchanges(b.status(), ids["c"]) >= base + 3,
+            live,
+        )
+        assert c.stop() == 0
+        live.remove(c)
+        book = {
+            p["peer_id"]
+            for p in json.loads((homes["c"] / "peers.json").read_text("utf-8"))["peers"]
+        }
+        assert ids["b"] in book
+
+        c = Peer(homes["c"], "3/4", a_addr, *fast)  # only the dead bootstrap address
+        live.append(c)
+        poll(
+            "the restarted C rejoins B through its address book",
+            lambda: neighbour_exchanges(c.status(), ids["b"]) >= 1,
+            live,
+        )
+        d = Peer(homes["d"], "4/4", b.address(), *fast)
+        live.append(d)
+        poll(
+            "a new peer D, bootstrapped off B, exchanges with C",
+            lambda: neighbour_exchanges(d.status(), ids["c"]) >= 1,
+            live,
+        )
+    finally:
+        for p in live:
+            p.stop()

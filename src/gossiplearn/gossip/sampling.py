@@ -127,6 +127,12 @@ class PeerView:
             if e.peer_id not in skip and e.retry_at <= now and (e.connected or e.addrs)
         ]
 
+    def next_retry(self) -> float | None:
+        """When the first peer that is reachable but in backoff may be picked again (same
+        clock as ``now``), or None if there is no such peer."""
+        times = [e.retry_at for e in self._peers.values() if e.connected or e.addrs]
+        return min(times) if times else None
+
     def sample(self, rng: random.Random, now: float, exclude: Iterable[str] = ()) -> str | None:
         """A uniformly random eligible peer, or None."""
         candidates = self.eligible(now, exclude)

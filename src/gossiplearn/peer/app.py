@@ -2,8 +2,9 @@
 
 ``run_peer`` owns the peer's whole lifetime: it takes the home's lock (one peer per home), builds
 the task and the libp2p host, resumes from the newest checkpoint, runs the node, the status
-endpoint and the periodic checkpoints, and on SIGINT/SIGTERM stops gossip gracefully (the
-exchange in flight may finish) and saves the model and a last checkpoint before returning.
+endpoint, the periodic checkpoints and the address book (``peers.json``, loaded at start so known
+peers are redialled), and on SIGINT/SIGTERM stops gossip gracefully (the exchange in flight may
+finish) and saves the address book, the model and a last checkpoint before returning.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.consortium import load_key_file as load_consortium_key
 from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, load_key_file
 from gossiplearn.errors import UserError
+from gossiplearn.peer.addressbook import (
+    ADDRESS_BOOK_FILE_NAME,
+    keep_address_book,
+    load_address_book,
+    save_if_changed,
+)
 from gossiplearn.peer.config import CONFIG_FILE_NAME, PeerConfig, load_config_file, with_overrides
 from gossiplearn.peer.home import home_lock
 from gossiplearn.peer.host import Libp2pTransport, parse_multiaddr
@@ -156,11 +163,15 @@ async def run_peer(
                 node = Node(transport, learner, node_config)
                 if resumed is not None:
                     resume_node(node, resumed.node)
+                await load_known_peers(home, node)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(serve_status, home, _status_of(node, checkpointer))
                     await nursery.start(node.run)
                     nursery.start_soon(watch_members, home, node)
                     nursery.start_soon(checkpointer.run, node)
+                    nursery.start_soon(
+                        keep_address_book, home / ADDRESS_BOOK_FILE_NAME, node.view.entries
+                    )
                     on_ready(node)
                     await _wait_for_signal(node)
                     nursery.cancel_scope.cancel()
@@ -170,6 +181,22 @@ async def run_peer(
                     await _save_at_shutdown(home, trainer, checkpointer, node)
 
 
+async def load_known_peers(home: Path, node: Node) -> int:
+    """Put the peers saved in the home's address book into ``node``'s view (only admissible
+    ones: members, not banned; never ourselves), so a restarted peer redials them even when
+    its bootstrap addresses are gone. Returns how many were added."""
+    records = await trio.to_thread.run_sync(load_address_book, home / ADDRESS_BOOK_FILE_NAME)
+    now = trio.current_time()
+    added = sum(
+        node.view.learn(r, now, authoritative=False)
+        for r in records
+        if r.peer_id != node.peer_id and node.is_admissible(r.peer_id)
+    )
+    if added:
+        log.info("loaded %d peer(s) from the address book", added)
+    return added
+
+
 def _status_of(node: Node, checkpointer: Checkpointer) -> Callable[[], dict[str, Any]]:
     return lambda: {**node.status(), "checkpoint": checkpointer.status()}
 
@@ -177,8 +204,9 @@ def _status_of(node: Node, checkpointer: Checkpointer) -> Callable[[], dict[str,
 async def _save_at_shutdown(
     home: Path, trainer: Trainer, checkpointer: Checkpointer, node: Node
 ) -> None:
-    """Write model.glm and a last checkpoint; a write that fails is reported, not raised (the
-    last periodic checkpoint is still there)."""
+    """Write the address book, model.glm and a last checkpoint; a write that fails is reported,
+    not raised (the last periodic checkpoint is still there)."""
+    await save_if_changed(home / ADDRESS_BOOK_FILE_NAME, node.view.entries())
     try:
         await trio.to_thread.run_sync(save_model_file, trainer, home)
         await checkpointer.save(node)

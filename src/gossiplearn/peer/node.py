@@ -189,7 +189,9 @@ class Node:
             log.info("refused a connection from %s: %s", peer_id, reason)
         return reason
 
-    def _admissible(self, peer_id: str) -> bool:
+    def is_admissible(self, peer_id: str) -> bool:
+        """Whether we would talk to ``peer_id`` now: a member (if the list is restricted) and
+        not banned."""
         return self.members.admits(peer_id) and not self.penalties.banned(
             peer_id, trio.current_time()
         )
@@ -220,7 +222,7 @@ class Node:
         """Why an inbound stream must not be served now (bans, stream limits), or None."""
         peer = stream.remote_peer
         sec = self.config.security
-        if not self._admissible(peer):
+        if not self.is_admissible(peer):
             return "banned" if self.members.admits(peer) else "not-a-member"
         if sum(self._inbound.values()) >= sec.max_inbound_streams:
             return "overload"
@@ -293,8 +295,11 @@ class Node:
     async def _discovery_loop(self) -> None:
         """Join through the bootstrap addresses, then keep learning peers from peers.
 
-        While we know nobody, the bootstrap addresses are redialled with growing backoff
-        (py-libp2p's own bootstrap never retries).
+        While we know nobody we can dial now, the bootstrap addresses are redialled with
+        growing backoff (py-libp2p's own bootstrap never retries). Known peers (from the
+        address book, or learnt earlier) are the fallback: the wait after a failed bootstrap
+        dial ends as soon as one of them is out of its backoff, so a peer whose bootstrap node
+        is gone rejoins through the peers it knew.
         """
         backoff = 1.0
         while True:
@@ -303,7 +308,11 @@ class Node:
                 joined = await self._dial_bootstrap()
                 backoff = 1.0 if joined else min(backoff * 2, 30.0)
                 if not joined:
-                    await trio.sleep(backoff * self.rng.uniform(0.8, 1.2))
+                    wait = backoff * self.rng.uniform(0.8, 1.2)
+                    retry_at = self.view.next_retry()
+                    if retry_at is not None:
+                        wait = min(wait, max(0.0, retry_at - trio.current_time()))
+                    await trio.sleep(wait)
                     continue
             peer = self.view.sample(self.rng, trio.current_time())
             if peer is not None:
@@ -367,7 +376,7 @@ class Node:
         now = trio.current_time()
         self.view.success(peer, now)
         self.view.mark_connected(peer, now)
-        admitted = [r for r in reply.peers if self._admissible(r.peer_id)]
+        admitted = [r for r in reply.peers if self.is_admissible(r.peer_id)]
         new = self.view.learn_all(admitted, now, source=peer)
         if new:
             log.info("learnt %d peer(s) from %s", len(new), peer)
