@@ -34,9 +34,12 @@ between the two. Two rules, in this order:
    honest members with many more samples than ours (their ``alpha`` is near 1), breaking the
    sample weighting; a claimed weight is bounded separately (``exchange.LocalModel.weight``).
 
-What is recorded: each model's distance, capped at the radius, so the threshold can rise
-slowly when the whole consortium really moves; being a median, it is not moved by outliers
-that make up less than half of the recent exchanges.
+What is recorded: each accepted model's distance; while warming up, a clipped one at the cold
+radius; once warm, a clipped one at the current median, so outliers never move the radius,
+however many of them a hostile member sends (recording them at the radius let a member that
+won more than half of a peer's exchanges ratchet the radius up by its "2 x median" floor).
+The price: if every honest distance really grew at once, the radius would not follow and
+those models would stay clipped (merged with a reduced pull) until the history turned over.
 
 Clipping breaks the exact conservation of the weighted sum (the two sides no longer move by
 opposite amounts); with honest peers and the default settings it does not trigger in the
@@ -155,7 +158,11 @@ class Screen:
         self._norms.append(m.their_norm)
         if not math.isfinite(d):
             return ACCEPT  # our model is all zeros: nothing to measure the distance against
-        self._distances.append(min(d, radius))
+        warm = len(self._distances) >= self.config.warmup
+        if d <= radius or not warm:
+            self._distances.append(min(d, radius))
+        else:  # an outlier is recorded at the median: outliers never move the radius
+            self._distances.append(statistics.median(self._distances))
         if d > radius:
             return Verdict(
                 Action.CLIP,
