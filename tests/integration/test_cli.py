@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clitools import CLI, run
+from clitools import CLI, Peer, run
 
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model
 
@@ -85,53 +84,6 @@ def test_a_port_already_in_use_is_refused(short_tmp: Path) -> None:
     assert not (home / "model.glm").exists()
 
 
-class Peer:
-    def __init__(self, home: Path, shard: str, bootstrap: str | None = None, *extra: str) -> None:
-        self.home = home
-        args = [
-            "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--shard", shard, "--partition", "iid", "--gossip-interval", "0.5",
-            "--steps-per-second", "20", "--eval-interval", "0.5", "--log-level", "info",
-        ]  # fmt: skip
-        if bootstrap:
-            args += ["--bootstrap", bootstrap]
-        args += extra
-        self.out = (home.parent / f"{home.name}.out").open("w+")
-        self.err = (home.parent / f"{home.name}.err").open("w+")
-        self.proc = subprocess.Popen([*CLI, *args], stdout=self.out, stderr=self.err, text=True)
-
-    def address(self) -> str:
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            self.out.seek(0)
-            for line in self.out.read().splitlines():
-                if "/p2p/" in line and line.strip().startswith("/ip4/"):
-                    return line.strip()
-            time.sleep(0.1)
-        raise AssertionError("no address printed")
-
-    def status(self) -> dict[str, Any] | None:
-        done = run("status", "--home", str(self.home), "--json", timeout=30)
-        if done.returncode != 0:
-            return None
-        data: dict[str, Any] = json.loads(done.stdout)
-        return data
-
-    def log(self) -> str:
-        self.err.seek(0)
-        return self.err.read()[-3000:]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self.out.close()
-            self.err.close()
-
-
 def test_three_peers_started_by_hand_gossip_and_stop_cleanly(short_tmp: Path) -> None:
     homes = [short_tmp / f"p{i}" for i in (1, 2, 3)]
     for home in homes:
@@ -140,7 +92,7 @@ def test_three_peers_started_by_hand_gossip_and_stop_cleanly(short_tmp: Path) ->
     try:
         first = peers[0].address()
         assert first.startswith("/ip4/127.0.0.1/tcp/")
-        peers += [Peer(homes[1], "2/3", first), Peer(homes[2], "3/3", first)]
+        peers += [Peer(homes[1], "2/3", bootstrap=first), Peer(homes[2], "3/3", bootstrap=first)]
         deadline = time.monotonic() + DEADLINE
         early: dict[int, float] = {}
         statuses: list[dict[str, Any] | None] = [None, None, None]
@@ -217,12 +169,12 @@ def test_consortium_outlives_its_bootstrap_node_through_address_books(short_tmp:
     for home in homes.values():
         assert run("init", "--home", str(home)).returncode == 0
     fast = ("--discovery-interval", "1")
-    a = Peer(homes["a"], "1/4", None, *fast)
+    a = Peer(homes["a"], "1/4", *fast)
     live: list[Peer] = [a]
     try:
         a_addr = a.address()
-        b = Peer(homes["b"], "2/4", a_addr, *fast)
-        c = Peer(homes["c"], "3/4", a_addr, *fast)
+        b = Peer(homes["b"], "2/4", *fast, bootstrap=a_addr)
+        c = Peer(homes["c"], "3/4", *fast, bootstrap=a_addr)
         live += [b, c]
         ids = {}
 
@@ -250,14 +202,14 @@ def test_consortium_outlives_its_bootstrap_node_through_address_books(short_tmp:
         }
         assert ids["b"] in book
 
-        c = Peer(homes["c"], "3/4", a_addr, *fast)  # only the dead bootstrap address
+        c = Peer(homes["c"], "3/4", *fast, bootstrap=a_addr)  # only the dead bootstrap address
         live.append(c)
         poll(
             "the restarted C rejoins B through its address book",
             lambda: neighbour_exchanges(c.status(), ids["b"]) >= 1,
             live,
         )
-        d = Peer(homes["d"], "4/4", b.address(), *fast)
+        d = Peer(homes["d"], "4/4", *fast, bootstrap=b.address())
         live.append(d)
         poll(
             "a new peer D, bootstrapped off B, exchanges with C",

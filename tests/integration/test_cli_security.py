@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import stat
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from clitools import CLI, run
+from clitools import Peer, run
 
 from gossiplearn.peer.modelfile import MODEL_FILE_NAME
 
@@ -133,53 +131,6 @@ def test_start_with_a_malformed_key_names_the_file(short_tmp: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- peers
-
-
-class Peer:
-    """A ``gossiplearn start`` process on a free localhost port."""
-
-    def __init__(self, home: Path, shard: str, *extra: str) -> None:
-        self.home = home
-        args = [
-            "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--shard", shard, "--partition", "iid", "--gossip-interval", "0.5",
-            "--steps-per-second", "20", "--eval-interval", "0.5", "--log-level", "info",
-            *extra,
-        ]  # fmt: skip
-        self.out = (home.parent / f"{home.name}.out").open("w+")
-        self.err = (home.parent / f"{home.name}.err").open("w+")
-        self.proc = subprocess.Popen([*CLI, *args], stdout=self.out, stderr=self.err, text=True)
-
-    def address(self, deadline: float) -> str:
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            self.out.seek(0)
-            for line in self.out.read().splitlines():
-                if "/p2p/" in line and line.strip().startswith("/ip4/"):
-                    return line.strip()
-            time.sleep(0.1)
-        raise AssertionError(f"no address printed: {self.log()}")
-
-    def status(self) -> dict[str, Any] | None:
-        assert self.proc.poll() is None, self.log()
-        done = run("status", "--home", str(self.home), "--json", timeout=30)
-        if done.returncode != 0:
-            return None
-        data: dict[str, Any] = json.loads(done.stdout)
-        return data
-
-    def log(self, tail: int = 3000) -> str:
-        self.err.seek(0)
-        return self.err.read()[-tail:]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self.out.close()
-            self.err.close()
 
 
 def completed(st: dict[str, Any] | None) -> int:
