@@ -76,13 +76,33 @@ def consensus_distance(ours: Tensors, theirs: Tensors) -> float:
 
 def measure(ours: Tensors, theirs: Tensors) -> Measures:
     """Norms of both models and the distance between them, in one pass (for screening and the
-    consensus distance). ``theirs`` must have our names and shapes."""
+    consensus distance). ``theirs`` must have our names and shapes.
+
+    Squares of values below ~1e-154 or above ~1e154 leave float64's normal range; such models
+    are measured again after scaling by their largest magnitude, so the results stay exact.
+    """
+    sums = _squared_sums(ours, theirs, 1.0)
+    tiny, huge = 1e-280, 1e280
+    if any(0.0 < x < tiny or x > huge for x in sums):
+        peak = max(
+            (float(np.max(np.abs(t))) for m in (ours, theirs) for t in m.values() if t.size),
+            default=0.0,
+        )
+        if math.isfinite(peak) and peak > 0.0:
+            o, t, d = (math.sqrt(x) * peak for x in _squared_sums(ours, theirs, 1.0 / peak))
+            return Measures(o, t, d)
+    return Measures(*(math.sqrt(x) for x in sums))
+
+
+def _squared_sums(ours: Tensors, theirs: Tensors, scale: float) -> tuple[float, float, float]:
     ours_sq = theirs_sq = diff_sq = 0.0
     for name, mine in ours.items():
         a = mine.astype(np.float64, copy=False).ravel()
         b = theirs[name].astype(np.float64, copy=False).ravel()
+        if scale != 1.0:  # the rare rescaled pass only; the usual one copies nothing
+            a, b = a * scale, b * scale
         d = b - a
         ours_sq += float(np.dot(a, a))
         theirs_sq += float(np.dot(b, b))
         diff_sq += float(np.dot(d, d))
-    return Measures(math.sqrt(ours_sq), math.sqrt(theirs_sq), math.sqrt(diff_sq))
+    return ours_sq, theirs_sq, diff_sq
