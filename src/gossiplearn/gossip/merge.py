@@ -83,24 +83,24 @@ def measure(ours: Tensors, theirs: Tensors) -> Measures:
     """
     sums = _squared_sums(ours, theirs, 1.0)
     tiny, huge = 1e-280, 1e280
-    if any(0.0 < x < tiny or x > huge for x in sums):
+    if any(x < tiny or x > huge for x in sums):  # 0 too: the squares may have underflowed
         peak = max(
             (float(np.max(np.abs(t))) for m in (ours, theirs) for t in m.values() if t.size),
             default=0.0,
         )
         if math.isfinite(peak) and peak > 0.0:
-            o, t, d = (math.sqrt(x) * peak for x in _squared_sums(ours, theirs, 1.0 / peak))
+            o, t, d = (math.sqrt(x) * peak for x in _squared_sums(ours, theirs, peak))
             return Measures(o, t, d)
     return Measures(*(math.sqrt(x) for x in sums))
 
 
-def _squared_sums(ours: Tensors, theirs: Tensors, scale: float) -> tuple[float, float, float]:
+def _squared_sums(ours: Tensors, theirs: Tensors, divisor: float) -> tuple[float, float, float]:
     ours_sq = theirs_sq = diff_sq = 0.0
     for name, mine in ours.items():
         a = mine.astype(np.float64, copy=False).ravel()
         b = theirs[name].astype(np.float64, copy=False).ravel()
-        if scale != 1.0:  # the rare rescaled pass only; the usual one copies nothing
-            a, b = a * scale, b * scale
+        if divisor != 1.0:  # the rare rescaled pass only; the usual one copies nothing
+            a, b = a / divisor, b / divisor  # divided: 1 / a subnormal peak would overflow
         d = b - a
         ours_sq += float(np.dot(a, a))
         theirs_sq += float(np.dot(b, b))
