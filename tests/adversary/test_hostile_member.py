@@ -251,6 +251,9 @@ async def run_kinds(c: Consortium, kinds: Iterable[str]) -> None:
             before = records(target.node)
             clipped = target.node.counters.clipped
             async with mallory(c, c.mallory.pop(), len(c.mallory)) as atk:
+                # the target may pick this member for an exchange of its own meanwhile: answer
+                # that one honestly, so that only the attack under test is counted
+                atk.responder = "honest-echo"
                 outcome = await attack(atk, target, kind, variant)
             grew = growth(before, records(target.node))
             print(f"{kind:18} {variant:16} {outcome.result:22} {grew}")

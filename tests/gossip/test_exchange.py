@@ -15,6 +15,7 @@ from gossiplearn.gossip.exchange import (
     ResponderExchange,
     check_offer,
 )
+from gossiplearn.gossip.merge import MergeKind
 from gossiplearn.gossip.messages import (
     Accept,
     Decline,
@@ -92,6 +93,8 @@ def test_initiator_happy_path() -> None:
     assert ex.propose() == Propose(ours.fingerprint, 100, ours.model_bytes)
     assert ex.receive(Accept()) is None
     assert ex.phase is Phase.AWAITING_MODEL
+    mine = offer(ours, samples=100)
+    assert ex.offer(mine) is mine
     theirs = offer(ours, samples=300)
     merge = ex.receive(theirs)
     assert merge == Merge(theirs, 0.5)  # the lighter side moves halfway (merge_weight)
@@ -131,6 +134,8 @@ def test_initiator_refuses_anything_but_a_model_after_accept(msg: Message) -> No
 def test_initiator_after_the_end_is_a_local_error(finish: list[Message], msg: Message) -> None:
     ex = InitiatorExchange(local())
     for m in finish:
+        if isinstance(m, ModelOffer):
+            ex.offer(offer(samples=100))
         ex.receive(m)
     with pytest.raises(LocalProtocolError):
         ex.receive(msg)
@@ -154,6 +159,7 @@ def test_responder_happy_path() -> None:
     assert ex.phase is Phase.IDLE
     assert ex.receive_propose(propose(), busy=False) == Accept()
     assert ex.phase is Phase.AWAITING_MODEL
+    ex.offer(offer(samples=100))
     theirs = offer(samples=100)
     assert ex.receive(theirs) == Merge(theirs, 0.5)
     assert ex.phase is Phase.DONE
@@ -227,6 +233,9 @@ def test_responder_misuse_is_a_local_error() -> None:
     ex.receive_propose(propose(samples=300), busy=False)
     with pytest.raises(LocalProtocolError):
         ex.receive_propose(propose(samples=300), busy=False)  # answered already
+    with pytest.raises(LocalProtocolError, match="offer"):
+        ex.receive(offer())  # our own offer was never registered
+    ex.offer(offer(samples=100))
     ex.receive(offer())
     with pytest.raises(LocalProtocolError):
         ex.receive(offer())  # done
@@ -295,8 +304,8 @@ def test_a_whole_exchange_over_the_codec() -> None:
 
     answer = b.receive_propose(wire(a.propose()), busy=False)
     assert a.receive(wire(answer)) is None
-    a_offer = ModelOffer(a_local.fingerprint, 30, 5, None, None, tensors(1.0))
-    b_offer = ModelOffer(b_local.fingerprint, 10, 9, 0.9, 0.1, tensors(5.0))
+    a_offer = a.offer(ModelOffer(a_local.fingerprint, 30, 5, None, None, tensors(1.0)))
+    b_offer = b.offer(ModelOffer(b_local.fingerprint, 10, 9, 0.9, 0.1, tensors(5.0)))
     merge_at_a = a.receive(wire(b_offer))
     merge_at_b = b.receive(wire(a_offer))
 
@@ -314,3 +323,41 @@ def test_an_offer_claiming_other_samples_than_its_proposal_is_refused() -> None:
     with pytest.raises(Refused) as info:
         ex.receive(offer(samples=301))
     assert info.value.reason == "inconsistent"
+
+
+def test_offer_is_registered_once_and_only_after_accept() -> None:
+    ex = InitiatorExchange(local())
+    with pytest.raises(LocalProtocolError, match="cannot offer"):
+        ex.offer(offer(samples=100))  # not accepted yet
+    ex.receive(Accept())
+    ex.offer(offer(samples=100))
+    with pytest.raises(LocalProtocolError, match="already"):
+        ex.offer(offer(samples=100))
+    declined = responder()
+    declined.receive_propose(propose(), busy=True)
+    with pytest.raises(LocalProtocolError, match="cannot offer"):
+        declined.offer(offer(samples=100))
+
+
+@pytest.mark.parametrize("ratio", [4.0, 0.0])
+def test_a_fresh_responder_adopts_a_far_older_model_and_the_initiator_keeps_its_own(
+    ratio: float,
+) -> None:
+    limits = Limits()
+    wire = lambda m: decode(encode(m), limits=limits)  # noqa: E731 - a one-line pipe
+    old, new = local(samples=30), local(samples=10)
+    a = InitiatorExchange(old, adopt_ratio=ratio)
+    b = ResponderExchange(new, max_model_bytes=MAX_MODEL_BYTES, adopt_ratio=ratio)
+    a.receive(wire(b.receive_propose(wire(a.propose()), busy=False)))
+    a_offer = a.offer(ModelOffer(old.fingerprint, 30, 500, None, None, tensors(1.0), age=16e3))
+    b_offer = b.offer(
+        ModelOffer(new.fingerprint, 10, 20, None, None, tensors(5.0), age=640, fresh=True)
+    )
+    at_a, at_b = a.receive(wire(b_offer)), b.receive(wire(a_offer))
+    assert at_a is not None
+    if ratio:
+        assert (at_a.kind, at_a.alpha) == (MergeKind.KEEP, 0.0)
+        assert (at_b.kind, at_b.alpha) == (MergeKind.ADOPT, 1.0)
+    else:  # adoption off: the usual mass-conserving average
+        assert (at_a.kind, at_b.kind) == (MergeKind.AVERAGE, MergeKind.AVERAGE)
+        assert (at_a.alpha, at_b.alpha) == (10 / 60, 0.5)

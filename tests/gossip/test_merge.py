@@ -11,12 +11,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gossiplearn.gossip.merge import (
+    MergeKind,
+    MergePlan,
+    Standing,
     Tensors,
     consensus_distance,
     merge_delta,
     merge_weight,
     merged,
+    merged_age,
     norm,
+    plan_merge,
 )
 
 RELAXED = settings(deadline=None)
@@ -217,3 +222,70 @@ def test_float16_models_far_apart_merge_without_overflow() -> None:
     avg = merged(a, 1, b, 1)["w"]
     assert np.isfinite(avg).all()
     assert avg.tolist() == [0.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------- late joiners
+
+ages = st.floats(min_value=0.0, max_value=1e18, allow_nan=False)
+standings = st.builds(Standing, samples=weights, age=ages, fresh=st.booleans())
+ratios = st.sampled_from([0.0, 1.0, 2.0, 4.0, 100.0])
+
+
+@given(standings, standings, ratios)
+def test_the_two_sides_plan_mirror_images(a: Standing, b: Standing, ratio: float) -> None:
+    at_a, at_b = plan_merge(a, b, ratio), plan_merge(b, a, ratio)
+    mirror = {MergeKind.ADOPT: MergeKind.KEEP, MergeKind.KEEP: MergeKind.ADOPT}
+    assert at_b.kind is mirror.get(at_a.kind, MergeKind.AVERAGE)
+    if at_a.kind is MergeKind.AVERAGE:  # then the usual equal-mass rule
+        assert (at_a.alpha, at_b.alpha) == (
+            merge_weight(a.samples, b.samples),
+            merge_weight(b.samples, a.samples),
+        )
+
+
+@given(standings, standings, ratios)
+def test_only_a_fresh_side_is_overwritten_and_only_by_a_far_older_model(
+    own: Standing, their: Standing, ratio: float
+) -> None:
+    plan = plan_merge(own, their, ratio)
+    if plan.kind is MergeKind.ADOPT:
+        assert own.fresh and ratio > 0 and their.age > ratio * own.age
+        assert plan.alpha == 1.0
+    elif plan.kind is MergeKind.KEEP:
+        assert their.fresh and ratio > 0 and own.age > ratio * their.age
+        assert plan.alpha == 0.0
+    else:
+        assert plan.alpha <= 0.5  # a side that has exchanged before never moves past halfway
+
+
+@given(standings, st.floats(min_value=0.0, max_value=1e300), ratios)
+def test_no_claimed_age_overwrites_a_peer_that_has_exchanged(
+    own: Standing, claimed: float, ratio: float
+) -> None:
+    veteran = Standing(own.samples, own.age, fresh=False)
+    for fresh in (False, True):
+        plan = plan_merge(veteran, Standing(10**6, claimed, fresh), ratio)
+        assert plan.kind is not MergeKind.ADOPT and plan.alpha <= 0.5
+
+
+def test_adoption_examples() -> None:
+    old, new = Standing(100, 16_000.0, False), Standing(100, 640.0, True)
+    assert plan_merge(new, old, 4.0) == MergePlan(MergeKind.ADOPT, 1.0)
+    assert plan_merge(old, new, 4.0) == MergePlan(MergeKind.KEEP, 0.0)
+    assert plan_merge(new, old, 0.0) == MergePlan(MergeKind.AVERAGE, 0.5)  # off
+    assert plan_merge(new, old, 100.0).kind is MergeKind.AVERAGE  # 25x is not 100x older
+    # two fresh peers that have not trained yet are averaged, not swapped
+    blank = Standing(100, 0.0, True)
+    assert plan_merge(blank, blank, 4.0) == MergePlan(MergeKind.AVERAGE, 0.5)
+    # the older of two fresh peers keeps its model; the younger adopts it
+    early = Standing(100, 5_000.0, True)
+    assert plan_merge(early, new, 4.0).kind is MergeKind.KEEP
+    assert plan_merge(new, early, 4.0).kind is MergeKind.ADOPT
+
+
+@given(ages, ages, st.floats(0.0, 1.0))
+def test_age_merges_like_a_parameter(own: float, their: float, alpha: float) -> None:
+    age = merged_age(own, their, alpha)
+    assert min(own, their) * (1 - 1e-12) <= age <= max(own, their) * (1 + 1e-12)
+    assert merged_age(own, their, 0.0) == own
+    assert math.isclose(merged_age(own, their, 1.0), their, rel_tol=1e-12, abs_tol=1e-6)

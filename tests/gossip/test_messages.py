@@ -85,6 +85,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
         accuracy=finite_or_none,
         loss=finite_or_none,
         tensors=tensor_maps,
+        age=st.floats(min_value=0.0, allow_infinity=False),
+        fresh=st.booleans(),
     ),
     st.builds(PeersRequest, sender=peer_records),
     st.builds(PeersReply, peers=st.lists(peer_records, max_size=20).map(tuple)),
@@ -104,6 +106,7 @@ def assert_same_message(got: Message, want: Message) -> None:
         want.accuracy,
         want.loss,
     )
+    assert (got.age, got.fresh) == (want.age, want.fresh)
     assert list(got.tensors) == list(want.tensors)  # order kept
     for name, arr in want.tensors.items():
         out = got.tensors[name]
@@ -282,6 +285,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "detail": st.text(max_size=20),
     "acc": st.none() | st.floats() | st.integers(-(2**63), 2**64 - 1),
     "loss": st.none() | st.floats() | st.integers(-(2**63), 2**64 - 1),
+    "age": st.none() | st.floats() | st.integers(-(2**63), 2**64 - 1) | st.booleans(),
+    "fresh": st.booleans() | st.none() | st.integers(0, 1),
     "sender": peer_like,
     "peers": st.lists(peer_like, max_size=4),
     "tensors": st.lists(tensor_items(), max_size=4),
@@ -375,6 +380,13 @@ HOSTILE = {
     "float steps": {"steps": 1.0},
     "missing fingerprint": {"fp": ...},
     "fingerprint as text": {"fp": "abc"},
+    "negative age": {"age": -1.0},
+    "NaN age": {"age": math.nan},
+    "infinite age": {"age": math.inf},
+    "age as text": {"age": "old"},
+    "age as bool": {"age": True},
+    "fresh as int": {"fresh": 1},
+    "fresh as nil": {"fresh": None},
 }
 
 
@@ -382,6 +394,16 @@ HOSTILE = {
 def test_hostile_offer_is_rejected(changes: dict[str, Any]) -> None:
     with pytest.raises(DecodeError):
         decode(_offer_body(**changes), limits=LIMITS)
+
+
+def test_age_and_fresh_are_optional_and_omitted_at_their_defaults() -> None:
+    plain = decode(_offer_body(), limits=LIMITS)
+    assert isinstance(plain, ModelOffer)
+    assert (plain.age, plain.fresh) == (0.0, False)
+    assert not {"age", "fresh"} & set(msgpack.unpackb(_offer_body(), raw=False))
+    tagged = decode(_offer_body(age=1280, fresh=True), limits=LIMITS)  # an integer age is fine
+    assert isinstance(tagged, ModelOffer)
+    assert (tagged.age, tagged.fresh) == (1280.0, True)
 
 
 def test_duplicate_tensor_name_is_named() -> None:
@@ -578,3 +600,6 @@ def test_spec_12_4_model_offer() -> None:
     with_metrics = encode(ModelOffer(fp, 3, 7, 0.75, None, {"b": b}))
     assert bytes.fromhex("a5737465707307") in with_metrics
     assert bytes.fromhex("a3616363cb3fe8000000000000") in with_metrics
+    fresh = encode(ModelOffer(fp, 3, 0, None, None, {"b": b}, age=1280, fresh=True))
+    assert fresh[0] == 0x8A
+    assert fresh.endswith(body[-20:] + bytes.fromhex("a3616765cb4094000000000000a56672657368c3"))

@@ -127,13 +127,13 @@ def test_three_peers_started_by_hand_gossip_and_stop_cleanly(short_tmp: Path) ->
             assert {"accuracy", "loss"} <= set(st["metrics"])
             assert all("peer_id" in n for n in st["neighbours"])
             assert st["bytes_sent"] > 0 and st["bytes_received"] > 0
-            # independent initialisations meet: the distance falls
-            late = st["consensus_distance_mean10"]
-            assert late is not None
-        assert all(
-            statuses[i]["consensus_distance_mean10"] < early[i]  # type: ignore[index]
-            for i in early
-        ), (early, [s["consensus_distance_mean10"] for s in statuses if s])
+            assert st["consensus_distance_mean10"] is not None
+        # they agree, and wherever a peer first met an independent model the distance fell (a
+        # peer that started late may instead have adopted the first one's model: no distance
+        # to fall from, for either of them)
+        lates = [st["consensus_distance_mean10"] for st in statuses if st]
+        assert all(late < 0.1 for late in lates), (early, lates)
+        assert all(lates[i] < early[i] for i in early if early[i] > 0.1), (early, lates)
         human = run("status", "--home", str(homes[2]))
         assert human.returncode == 0 and "neighbours (2)" in human.stdout
     finally:

@@ -140,3 +140,53 @@ def test_custom_task_values_are_plain_task_instances() -> None:
     trainer.train_steps(3)
     assert trainer.steps == 3
     assert set(trainer.evaluate()) == {"accuracy", "loss"}
+
+
+async def test_a_late_joiner_adopts_the_consortium_model_in_its_first_exchanges() -> None:
+    """Three peers train until they are good; a fourth then joins with a fresh model. Its first
+    exchange adopts a trained model outright (its partner keeps its own), so within a few
+    exchanges it is as good as the others on its own validation data, loss included (an
+    average with its random initialisation would keep ~0.7 of loss against ~0.2)."""
+    training = TrainingConfig(steps_per_second=100.0, eval_interval=0.3)
+    tasks = [digits_task(i, 4) for i in (1, 2, 3, 4)]
+    async with running_nodes(tasks[:3], training) as nodes:
+        with trio.fail_after(90):
+            while any(
+                (node.history.latest is None or (node.history.latest.accuracy or 0) < 0.9)
+                or trainer.steps < 300
+                for node, trainer in nodes
+            ):
+                await trio.sleep(0.2)
+        # the joiner trains at the default pace: by its first exchange the others' models have
+        # many times its training behind them (adopt_ratio 4)
+        training = TrainingConfig(eval_interval=0.3)
+        async with Libp2pTransport.open(
+            Identity.generate(), ["/ip4/127.0.0.1/tcp/0"], dial_timeout=5
+        ) as transport:
+            trainer = Trainer(tasks[3], training, seed=3)
+            joiner = Node(
+                transport,
+                ThreadedLearner(trainer),
+                NodeConfig(
+                    gossip=GOSSIP,
+                    training=training,
+                    bootstrap=(nodes[0][0].transport.addrs()[0],),
+                ),
+            )
+            before = trainer.evaluate()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(joiner.run)
+                with trio.fail_after(60):
+                    while joiner.counters.completed == 0:
+                        await trio.sleep(0.01)
+                mine = trainer.evaluate()
+                theirs = [t.evaluate() for _, t in nodes]
+                exchanges = joiner.counters.completed
+                nursery.cancel_scope.cancel()
+    print("late joiner: before", before, "after", exchanges, "exchange(s)", mine, "others", theirs)
+    assert exchanges <= 3
+    assert joiner.counters.adopted == 1
+    assert sum(node.counters.seeded for node, _ in nodes) == 1
+    assert mine["accuracy"] >= min(t["accuracy"] for t in theirs) - 0.03, (before, mine, theirs)
+    assert mine["loss"] <= max(t["loss"] for t in theirs) + 0.1, (before, mine, theirs)
+    assert joiner.model_age() > 4 * trainer.samples_seen  # it inherited the consortium's age

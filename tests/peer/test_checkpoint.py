@@ -3,9 +3,11 @@ is used when the newest is damaged, and a resumed trainer continues bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import torch
@@ -16,8 +18,11 @@ from gossiplearn.errors import CheckpointError
 from gossiplearn.gossip.messages import WIRE_DTYPES
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
 from gossiplearn.peer.checkpoint import (
+    _HEADER,
     BAD_NAME,
     CURRENT_NAME,
+    FORMAT_VERSION,
+    MAGIC,
     PREVIOUS_NAME,
     Checkpoint,
     NodeState,
@@ -101,6 +106,8 @@ counts = st.integers(0, 2**62)
         completed=counts,
         refused=counts,
         clipped=counts,
+        adopted=st.integers(0, 1),
+        seeded=counts,
         refused_by_reason=st.dictionaries(st.text(max_size=8), counts, max_size=3),
     ),
     history=st.lists(
@@ -110,6 +117,7 @@ counts = st.integers(0, 2**62)
     order=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8),
     rng_state=st.binary(max_size=64),
     created=reals,
+    age_offset=reals,
 )
 def test_round_trip(
     tensors: dict[str, np.ndarray],
@@ -120,6 +128,7 @@ def test_round_trip(
     order: list[int],
     rng_state: bytes,
     created: float,
+    age_offset: float,
 ) -> None:
     cp = Checkpoint(
         created=created,
@@ -133,9 +142,19 @@ def test_round_trip(
             order=np.array(order, dtype=np.int64),
             position=1,
         ),
-        node=NodeState(counters, 1, 2, tuple(history), tuple(consensus)),
+        node=NodeState(counters, 1, 2, tuple(history), tuple(consensus), age_offset),
     )
     assert_same(decode_checkpoint(encode_checkpoint(cp)), cp)
+
+
+def test_a_checkpoint_without_a_model_age_reads_as_age_offset_0() -> None:
+    # checkpoints written before late-joiner adoption existed have no "age_offset"
+    data = encode_checkpoint(small_checkpoint())
+    body = msgpack.unpackb(data[_HEADER.size :], raw=False)
+    del body["age_offset"]
+    raw = msgpack.packb(body, use_bin_type=True)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(raw), hashlib.sha256(raw).digest())
+    assert decode_checkpoint(header + raw).node.age_offset == 0.0
 
 
 def test_every_truncation_is_detected() -> None:

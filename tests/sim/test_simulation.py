@@ -122,3 +122,59 @@ async def test_training_during_exchanges_keeps_every_step(autojump_clock: trio.a
     targets = spread([lrn.target["w"] for lrn in learners if lrn.target is not None])
     models = spread([lrn.tensors["w"] for lrn in learners])
     assert models < 0.3 * targets, (models, targets)
+
+
+@pytest.mark.parametrize("adopt_ratio", [4.0, 0.0])
+async def test_a_late_joiner_adopts_a_far_older_model_in_its_first_exchange(
+    adopt_ratio: float, autojump_clock: trio.abc.Clock
+) -> None:
+    """Five peers train toward nearby targets for 100 s; a sixth then starts far away. Its first
+    exchange adopts its partner's model (who keeps its own), so it lands among the others at
+    once; with adoption off the same exchange only takes it halfway."""
+    rng = np.random.default_rng(11)
+    centre = rng.normal(size=(20,))
+    learners = [
+        VectorLearner(
+            {"w": rng.normal(size=(20,))},
+            samples=100,
+            target={"w": centre + 0.05 * rng.normal(size=(20,))},
+            learning_rate=0.01,
+        )
+        for _ in range(6)
+    ]
+    learners[5].tensors["w"] += 10.0  # the joiner starts far from everybody
+    training = TrainingConfig(enabled=True, steps_per_second=20.0, eval_interval=5.0)
+    gossip = GossipConfig(
+        interval=1.0, exchange_timeout=10.0, discovery_interval=1.0, adopt_ratio=adopt_ratio
+    )
+    sim = build_simulation(learners, gossip=gossip, training=training, seed=5)
+    joiner = sim.nodes[5]
+
+    def loss(tensors: dict[str, np.ndarray], learner: VectorLearner) -> float:
+        assert learner.target is not None
+        return float(np.sum((tensors["w"] - learner.target["w"]) ** 2))
+
+    async with trio.open_nursery() as nursery:
+        for node in sim.nodes[:5]:
+            await nursery.start(sim.network.transports[node.peer_id].run)
+            await nursery.start(node.run)
+        await trio.sleep(100)
+        others = [loss(lrn.tensors, lrn) for lrn in learners[:5]]
+        start = loss(learners[5].tensors, learners[5])
+        await nursery.start(sim.network.transports[joiner.peer_id].run)
+        await nursery.start(joiner.run)
+        with trio.fail_after(60):
+            while joiner.counters.completed == 0:
+                await trio.sleep(0.01)
+        after = loss(learners[5].tensors, learners[5])
+        nursery.cancel_scope.cancel()
+    assert start > 100 * max(others)
+    if adopt_ratio:
+        assert joiner.counters.adopted == 1
+        assert sum(node.counters.seeded for node in sim.nodes[:5]) == 1
+        assert after < 2 * max(others) + 0.05, (after, others)
+        assert joiner.model_age() > 10 * learners[5].samples_seen
+    else:
+        assert joiner.counters.adopted == 0
+        assert sum(node.counters.seeded for node in sim.nodes[:5]) == 0
+        assert after > 100 * max(others)  # halfway at most: still far from everybody

@@ -66,6 +66,7 @@ START_FLAGS: dict[str, str] = {
     "exchange_timeout": "gossip.exchange_timeout",
     "discovery_interval": "gossip.discovery_interval",
     "attempts": "gossip.attempts",
+    "adopt_ratio": "gossip.adopt_ratio",
     "weight_decay": "training.weight_decay",
     "learning_rate": "training.learning_rate",
     "momentum": "training.momentum",
@@ -108,6 +109,9 @@ START_FLAGS: dict[str, str] = {
 @click.option("--exchange-timeout", type=float, help="Seconds before an exchange is abandoned.")
 @click.option("--discovery-interval", type=float, help="Seconds between peer-exchange requests.")
 @click.option("--attempts", type=int, help="Neighbours tried per round when they are busy.")
+@click.option(
+    "--adopt-ratio", type=float, help="A new peer adopts a model this many times older (0 = off)."
+)
 @click.option("--learning-rate", type=float)
 @click.option("--momentum", type=float)
 @click.option("--weight-decay", type=float)

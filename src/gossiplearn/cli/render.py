@@ -77,6 +77,7 @@ def render_status(s: dict[str, Any]) -> Group:
     head.add_row(
         "training",
         f"{t['steps']} steps, {t['samples_seen']} samples"
+        + (f"; model age {t['model_age']:.0f} examples" if t.get("model_age") is not None else "")
         + ("" if t.get("enabled", True) else " (training off: averaging only)"),
     )
     e = s["exchanges"]
@@ -88,6 +89,12 @@ def render_status(s: dict[str, Any]) -> Group:
         + (f" ({refused})" if refused else "")
         + f"; we declined {e.get('declined_inbound', 0)} while busy",
     )
+    if e.get("adopted") or e.get("seeded"):
+        head.add_row(
+            "late joiners",
+            ("we adopted a neighbour's model on joining; " if e.get("adopted") else "")
+            + f"{e.get('seeded', 0)} new peer(s) adopted ours",
+        )
     head.add_row(
         "traffic", f"{_bytes(s['bytes_sent'])} sent, {_bytes(s['bytes_received'])} received"
     )

@@ -6,8 +6,11 @@ An exchange between an initiator I and a responder R on one stream:
     R → I  Accept | Decline(reason)
     I ⇄ R  ModelOffer (both send, concurrently, after Accept)
 
-Both then merge with ``alpha = min(w_local, w_remote) / (2 w_local)`` (see ``merge``), which
-conserves the weighted sum and never moves a side more than halfway, whatever the remote claims.
+Both then merge as ``merge.plan_merge`` says, from the two offers: usually with ``alpha =
+min(w_local, w_remote) / (2 w_local)``, which conserves the weighted sum and never moves a side
+more than halfway, whatever the remote claims; a fresh side adopts a far older model outright
+and the other keeps its own. The driver registers the offer it sends (``offer``) before it
+feeds the remote's, so the plan is made from exactly what both sides saw.
 The objects below decide what to send and whether what arrived is acceptable; the driver in
 ``gossiplearn.peer`` moves the bytes. They never block, sleep or read a clock.
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
-from gossiplearn.gossip.merge import merge_weight
+from gossiplearn.gossip.merge import DEFAULT_ADOPT_RATIO, MergeKind, Standing, plan_merge
 from gossiplearn.gossip.messages import (
     Accept,
     Decline,
@@ -68,6 +71,18 @@ class Merge:
 
     offer: ModelOffer
     alpha: float
+    kind: MergeKind = MergeKind.AVERAGE
+
+
+def _plan(local: LocalModel, ours: ModelOffer | None, theirs: ModelOffer, ratio: float) -> Merge:
+    if ours is None:
+        raise LocalProtocolError("our own offer was not registered (call offer() first)")
+    plan = plan_merge(
+        Standing(local.samples, ours.age, ours.fresh),
+        Standing(theirs.samples, theirs.age, theirs.fresh),
+        ratio,
+    )
+    return Merge(theirs, plan.alpha, plan.kind)
 
 
 def check_offer(offer: ModelOffer, local: LocalModel) -> None:
@@ -98,13 +113,31 @@ class Phase(enum.Enum):
     DECLINED = "declined"
 
 
-class InitiatorExchange:
+class _Offering:
+    """Registering the offer we send, shared by both sides."""
+
+    phase: Phase
+    sent: ModelOffer | None
+
+    def offer(self, offer: ModelOffer) -> ModelOffer:
+        """Register the ``ModelOffer`` we are about to send (once, after Accept) and return it."""
+        if self.phase is not Phase.AWAITING_MODEL:
+            raise LocalProtocolError(f"cannot offer a model now ({self.phase.value})")
+        if self.sent is not None:
+            raise LocalProtocolError("our offer was already registered")
+        self.sent = offer
+        return offer
+
+
+class InitiatorExchange(_Offering):
     """Our side of an exchange we started."""
 
-    def __init__(self, local: LocalModel) -> None:
+    def __init__(self, local: LocalModel, *, adopt_ratio: float = DEFAULT_ADOPT_RATIO) -> None:
         self.local = local
+        self.adopt_ratio = adopt_ratio
         self.phase = Phase.PROPOSED
         self.decline: Decline | None = None
+        self.sent = None
 
     def propose(self) -> Propose:
         return Propose(self.local.fingerprint, self.local.samples, self.local.model_bytes)
@@ -128,19 +161,28 @@ class InitiatorExchange:
             if not isinstance(msg, ModelOffer):
                 raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
             check_offer(msg, self.local)
+            merge = _plan(self.local, self.sent, msg, self.adopt_ratio)
             self.phase = Phase.DONE
-            return Merge(msg, merge_weight(self.local.samples, msg.samples))
+            return merge
         raise LocalProtocolError(f"exchange already {self.phase.value}")
 
 
-class ResponderExchange:
+class ResponderExchange(_Offering):
     """Our side of an exchange a remote started."""
 
-    def __init__(self, local: LocalModel, *, max_model_bytes: int) -> None:
+    def __init__(
+        self,
+        local: LocalModel,
+        *,
+        max_model_bytes: int,
+        adopt_ratio: float = DEFAULT_ADOPT_RATIO,
+    ) -> None:
         self.local = local
         self.max_model_bytes = max_model_bytes
+        self.adopt_ratio = adopt_ratio
         self.phase = Phase.IDLE
         self.proposed: Propose | None = None
+        self.sent = None
 
     def receive_propose(
         self, msg: Message, *, busy: bool, closing: bool = False
@@ -177,5 +219,6 @@ class ResponderExchange:
                 "inconsistent",
                 f"the model claims {msg.samples} samples, the proposal {self.proposed.samples}",
             )
+        merge = _plan(self.local, self.sent, msg, self.adopt_ratio)
         self.phase = Phase.DONE
-        return Merge(msg, merge_weight(self.local.samples, msg.samples))
+        return merge

@@ -8,14 +8,32 @@ halfway, whatever a remote claims.
 
 A peer keeps training while an exchange is in flight, so it does not overwrite its model with the
 average of the *snapshot* it sent; it adds ``alpha * (theirs - snapshot)`` to whatever its model is
-now, with ``alpha = w_b / (w_a + w_b)``. With training paused this is exactly the average; with
-training on, the steps taken during the exchange are kept.
+now. With training paused this is exactly the average; with training on, the steps taken during
+the exchange are kept.
+
+**Late joiners** (``plan_merge``). Averaging a newcomer's barely trained model into a trained one
+costs the trained side half its progress, and brings the newcomer only halfway. Gossip learning
+weighs models by their *age*, the examples of training behind them (Ormándi, Hegedűs & Jelasity
+2013); a weighting by claimed age would let one member that claims a huge age overwrite
+everybody, so here age only decides one case: a *fresh* peer (one that has never completed an
+exchange) *adopts* a model more than ``adopt_ratio`` times older than its own outright, and its
+partner *keeps* its own model. Both sides compute the same plan from the two offers. Only the
+fresh side can be overwritten, and only in its first exchange: a claim of age gains nothing
+against a peer that has exchanged before, and a claim of freshness only makes the partner
+ignore the claimant's model. (The peer layer also checks an adopted model on local validation
+data first, and averages instead when the model does worse than its own.) Adoption and keeping
+drop the fresh model from the weighted sum: it holds a few seconds of training, not data.
+
+A model's age is merged like a parameter, ``age += alpha * (their_age - age)``, and grows by the
+examples of each local SGD step, so a peer that adopted a model inherits its age.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +55,52 @@ def merge_weight(own_samples: int, their_samples: int) -> float:
     if own_samples <= 0:
         return 0.5 if their_samples > 0 or own_samples == their_samples else 0.0
     return min(own_samples, max(their_samples, 0)) / (2 * own_samples)
+
+
+DEFAULT_ADOPT_RATIO = 4.0
+
+
+class MergeKind(enum.Enum):
+    AVERAGE = "average"  # move toward each other by equal mass (``merge_weight``)
+    ADOPT = "adopt"  # we are fresh and theirs is far older: take their model (alpha 1)
+    KEEP = "keep"  # they are fresh and ours is far older: they adopt ours; keep ours (alpha 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What an exchange needs to know about one side's model to plan the merge."""
+
+    samples: int  # the side's training samples: its weight in the average
+    age: float  # examples of SGD behind the model (see the module docstring)
+    fresh: bool  # the side has never completed an exchange
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    kind: MergeKind
+    alpha: float  # how far we move toward their model: ``alpha * (theirs - ours)``
+
+
+def plan_merge(own: Standing, their: Standing, adopt_ratio: float) -> MergePlan:
+    """How our model merges theirs in one exchange (both sides agree on the kind's mirror:
+    we adopt exactly when they keep).
+
+    ``adopt_ratio`` 0 disables adoption (always ``AVERAGE``); otherwise it must be >= 1, which
+    makes adopt and keep exclusive. Ages are compared strictly, so two fresh untrained models
+    (both age 0) are averaged.
+    """
+    if adopt_ratio > 0:
+        if own.fresh and their.age > adopt_ratio * own.age:
+            return MergePlan(MergeKind.ADOPT, 1.0)
+        if their.fresh and own.age > adopt_ratio * their.age:
+            return MergePlan(MergeKind.KEEP, 0.0)
+    return MergePlan(MergeKind.AVERAGE, merge_weight(own.samples, their.samples))
+
+
+def merged_age(own_age: float, their_age: float, alpha: float) -> float:
+    """Our model's age after moving ``alpha`` of the way toward a model of ``their_age``
+    (a convex combination: exactly ``their_age`` for an adoption, ``own_age`` for keep)."""
+    return (1.0 - alpha) * own_age + alpha * their_age
 
 
 def merge_delta(snapshot: Tensors, theirs: Tensors, alpha: float) -> dict[str, np.ndarray]:

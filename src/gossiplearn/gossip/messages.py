@@ -103,6 +103,10 @@ class ModelOffer:
     accuracy: float | None  # sender's latest local validation accuracy, if any
     loss: float | None
     tensors: Mapping[str, np.ndarray] = field(repr=False)
+    # The model's age: examples of SGD behind it, its own and what it merged (``gossip.merge``
+    # averages ages like parameters). Optional on the wire (0 when absent).
+    age: float = 0.0
+    fresh: bool = False  # the sender has never completed an exchange (a late joiner, say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,11 @@ def encode(msg: Message) -> bytes:
                 "loss": msg.loss,
                 "tensors": [encode_tensor(k, v) for k, v in msg.tensors.items()],
             }
+            # optional, omitted at their defaults (so frames without them stay byte-identical)
+            if msg.age:
+                body["age"] = float(msg.age)
+            if msg.fresh:
+                body["fresh"] = True
         case PeersRequest():
             body |= {"t": "peers?", "sender": _encode_peer(msg.sender)}
         case PeersReply():
@@ -255,6 +264,8 @@ def _decode_body(body: Any, limits: Limits) -> Message:
             accuracy=_opt_float(body, "acc"),
             loss=_opt_float(body, "loss"),
             tensors=tensors,
+            age=_age(body),
+            fresh=_opt_bool(body, "fresh"),
         )
     if kind == "peers?":
         return PeersRequest(sender=_decode_peer(body.get("sender"), limits))
@@ -285,6 +296,22 @@ def _text(body: dict[str, Any], key: str, limits: Limits) -> str:
     if len(value) > limits.max_text:
         raise DecodeError(f"field {key!r} longer than {limits.max_text} characters")
     return str(value)
+
+
+def _age(body: dict[str, Any]) -> float:
+    value = _opt_float(body, "age")
+    if value is None:
+        return 0.0
+    if value < 0:
+        raise DecodeError("field 'age' must not be negative")
+    return value
+
+
+def _opt_bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise DecodeError(f"field {key!r} must be true or false")
+    return value
 
 
 def _opt_float(body: dict[str, Any], key: str) -> float | None:

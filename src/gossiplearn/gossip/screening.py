@@ -135,11 +135,7 @@ class Screen:
         tau = self.threshold()
         return self.config.cold_radius if tau is None else tau
 
-    def assess(self, m: Measures) -> Verdict:
-        """Judge one received model and record it; the verdict's ``scale`` multiplies the merge
-        weight. Never raises."""
-        if not self.config.enabled:
-            return ACCEPT
+    def _norm_refusal(self, m: Measures) -> Verdict | None:
         if not (math.isfinite(m.their_norm) and math.isfinite(m.distance)):
             return Verdict(Action.REFUSE, 0.0, "norm", "the model's norm is not finite")
         ref = self.reference_norm(m.our_norm)
@@ -151,6 +147,26 @@ class Screen:
                 "norm",
                 f"norm {m.their_norm:.4g} is more than {ratio:g}x off the usual {ref:.4g}",
             )
+        return None
+
+    def assess_adoption(self, m: Measures) -> Verdict:
+        """Judge a model we would adopt outright (``merge.MergeKind.ADOPT``): the norm rule
+        only, and nothing recorded. The distance rule measures pulls against a model worth
+        keeping; a fresh model is not one (a trained model lies ~2.5-3.5 of a random
+        initialisation's norm away from it, beyond the cold radius), so the peer checks an
+        adoption on its validation data instead. Never raises."""
+        if not self.config.enabled:
+            return ACCEPT
+        return self._norm_refusal(m) or ACCEPT
+
+    def assess(self, m: Measures) -> Verdict:
+        """Judge one received model and record it; the verdict's ``scale`` multiplies the merge
+        weight. Never raises."""
+        if not self.config.enabled:
+            return ACCEPT
+        refusal = self._norm_refusal(m)
+        if refusal is not None:
+            return refusal
         d = m.relative_distance
         radius = self.radius()
         if m.our_norm > 0:

@@ -27,6 +27,8 @@ class ExchangeCounters:
     answered: int = 0  # completed exchanges a remote started
     declined_inbound: int = 0  # proposals we declined (we were busy or closing)
     clipped: int = 0  # merged, but with the remote's pull clipped (screening outliers)
+    adopted: int = 0  # we were fresh and took a far older model outright (0 or 1 per home)
+    seeded: int = 0  # a fresh peer took our model; we kept ours
     refused_by_reason: dict[str, int] = field(default_factory=dict)
 
     def refuse(self, reason: str) -> None:

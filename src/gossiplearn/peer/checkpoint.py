@@ -75,6 +75,7 @@ class NodeState:
     bytes_received: int
     history: tuple[MetricPoint, ...]
     consensus: tuple[tuple[float, float], ...]  # (unix time, consensus distance)
+    age_offset: float = 0.0  # the model's age minus the trainer's samples_seen (``Node``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             "received": n.bytes_received,
             "history": [[p.time, p.steps, p.accuracy, p.loss] for p in n.history],
             "consensus": [[time, distance] for time, distance in n.consensus],
+            "age_offset": float(n.age_offset),
         },
         use_bin_type=True,
     )
@@ -181,7 +183,10 @@ def _decode_body(raw: Any, size: int) -> Checkpoint:
         bytes_received=_count(raw, "received"),
         history=tuple(history),
         consensus=tuple(consensus),
+        age_offset=_real(raw.get("age_offset", 0.0)),  # absent in checkpoints before adoption
     )
+    if not math.isfinite(node.age_offset):
+        raise CheckpointError("undecodable: the model age is not finite")
     return Checkpoint(created=_real(raw.get("created")), trainer=trainer, node=node)
 
 

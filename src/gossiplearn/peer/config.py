@@ -46,6 +46,7 @@ class GossipConfig:
     exchange_timeout: float = 60.0
     discovery_interval: float = 5.0
     attempts: int = 3  # neighbours tried per round when they decline
+    adopt_ratio: float = 4.0  # a fresh peer adopts a model this many times older (0 = never)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ _RULES: dict[str, tuple[Any, str]] = {
     "gossip.exchange_timeout": (lambda v: v > 0, "a number of seconds > 0"),
     "gossip.discovery_interval": (lambda v: v > 0, "a number of seconds > 0"),
     "gossip.attempts": (lambda v: v >= 1, "an integer >= 1"),
+    "gossip.adopt_ratio": (
+        lambda v: v == 0 or 1 <= v < float("inf"),
+        "0 (never adopt) or a number >= 1",
+    ),
     "network.dial_timeout": (lambda v: v > 0, "a number of seconds > 0"),
     "network.listen": (lambda v: len(v) >= 1, "at least one multiaddr"),
     "training.learning_rate": (lambda v: v > 0, "a number > 0"),
@@ -257,6 +262,9 @@ interval = 1.0               # mean seconds between exchanges we start (jittered
 exchange_timeout = 60.0      # seconds before an exchange in flight is abandoned
 discovery_interval = 5.0     # seconds between peer-exchange requests
 attempts = 3                 # neighbours tried per round when they are busy
+adopt_ratio = 4.0            # a new peer's first exchange adopts a model with this many times
+                             # more training than its own, if it does as well on local
+                             # validation data (0 = always average)
 
 [training]
 learning_rate = 0.05

@@ -46,6 +46,10 @@ class Learner(Protocol):
 
     async def evaluate(self) -> dict[str, float]: ...
 
+    async def evaluate_tensors(self, tensors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Validation metrics of ``tensors`` (checked against our specs) as a model, leaving
+        ours as it is."""
+
 
 class ThreadedLearner:
     def __init__(self, trainer: Trainer) -> None:
@@ -85,3 +89,8 @@ class ThreadedLearner:
 
     async def evaluate(self) -> dict[str, float]:
         return await trio.to_thread.run_sync(self.trainer.evaluate, limiter=self._limiter)
+
+    async def evaluate_tensors(self, tensors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return await trio.to_thread.run_sync(
+            self.trainer.evaluate_tensors, tensors, limiter=self._limiter
+        )

@@ -19,6 +19,11 @@ Invariants:
   number, overall and per peer.
 - A peer that sends invalid data commits an offence (``gossip.penalties``); repeated offences
   ban it for a while. Received models pass ``gossip.screening`` before they are merged.
+- Late joiners (``gossip.merge.plan_merge``): while we have never completed an exchange we are
+  *fresh* and adopt a far older model outright, but only one that passes the norm rule and
+  does at least as well as ours on our validation data (else we average as usual); a fresh
+  partner's model is not merged into ours. The model's age (examples of SGD behind it) is
+  ``learner.samples_seen + age_offset``; merges move the offset like a parameter.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +49,7 @@ from gossiplearn.gossip.exchange import (
     Refused,
     ResponderExchange,
 )
-from gossiplearn.gossip.merge import measure
+from gossiplearn.gossip.merge import MergeKind, measure, merge_weight, merged_age
 from gossiplearn.gossip.messages import (
     Accept,
     Limits,
@@ -55,7 +61,7 @@ from gossiplearn.gossip.messages import (
 )
 from gossiplearn.gossip.penalties import BanConfig, Penalties
 from gossiplearn.gossip.sampling import PeerView
-from gossiplearn.gossip.screening import Action, Screen, ScreeningConfig
+from gossiplearn.gossip.screening import Action, Measures, Screen, ScreeningConfig
 from gossiplearn.gossip.stats import (
     ExchangeCounters,
     MetricPoint,
@@ -116,6 +122,7 @@ class Node:
         self.consensus: deque[tuple[float, float]] = deque(maxlen=256)
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.age_offset = 0.0  # model age minus our own SGD examples (see ``model_age``)
         self.started_at = time.time()
         self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
         max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
@@ -167,6 +174,15 @@ class Node:
             await self._idle.wait()
         if self._cancel is not None:
             self._cancel.cancel()
+
+    @property
+    def fresh(self) -> bool:
+        """True until our first completed exchange: our model holds nobody's data but ours."""
+        return self.counters.completed == 0
+
+    def model_age(self) -> float:
+        """Examples of SGD behind our model: our own, plus what merges brought in."""
+        return self.learner.samples_seen + self.age_offset
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
@@ -431,7 +447,7 @@ class Node:
                     peer, EXCHANGE_PROTOCOL, entry.addrs if entry else ()
                 )
                 framed = FramedStream(stream)
-                exchange = InitiatorExchange(self.local)
+                exchange = InitiatorExchange(self.local, adopt_ratio=self.config.gossip.adopt_ratio)
                 with trio.fail_after(self.control_timeout):
                     await framed.send(exchange.propose())
                     exchange.receive(await framed.receive(CONTROL_LIMITS))
@@ -449,8 +465,7 @@ class Node:
                     await close_quietly(stream)
                     return "declined"
                 swapping = True
-                with trio.fail_after(self.transfer_timeout):
-                    await self._swap(framed, peer, exchange)
+                await self._swap(framed, peer, exchange)
             await close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
             self.counters.failed += 1
@@ -480,7 +495,9 @@ class Node:
         try:
             with trio.fail_after(self.config.gossip.exchange_timeout):
                 exchange = ResponderExchange(
-                    self.local, max_model_bytes=self.model_limits.max_frame
+                    self.local,
+                    max_model_bytes=self.model_limits.max_frame,
+                    adopt_ratio=self.config.gossip.adopt_ratio,
                 )
                 with trio.fail_after(self.control_timeout):
                     proposal = await framed.receive(CONTROL_LIMITS)
@@ -496,8 +513,7 @@ class Node:
                     self.counters.declined_inbound += 1
                     await stream.close()
                     return
-                with trio.fail_after(self.transfer_timeout):  # from Accept: a drip cannot hold us
-                    await self._swap(framed, peer, exchange)
+                await self._swap(framed, peer, exchange)
                 self.counters.answered += 1
             await close_quietly(stream)
         except (TransportError, EOFError, trio.TooSlowError) as exc:
@@ -519,32 +535,40 @@ class Node:
     async def _swap(
         self, framed: FramedStream, peer: str, exchange: InitiatorExchange | ResponderExchange
     ) -> Merge:
-        """Send our model and receive theirs concurrently; apply the merge."""
-        snapshot = await self.learner.snapshot()
-        latest = self.history.latest
-        offer = ModelOffer(
-            fingerprint=self.local.fingerprint,
-            samples=self.learner.samples,
-            steps=self.learner.steps,
-            accuracy=finite(latest.accuracy) if latest else None,
-            loss=finite(latest.loss) if latest else None,
-            tensors=snapshot,
-        )
-        if self.local.model_bytes > THREAD_THRESHOLD:
-            body = await trio.to_thread.run_sync(encode, offer)
-        else:
-            body = encode(offer)
-        received: list[Any] = []
+        """Send our model and receive theirs concurrently, under the transfer deadline (counted
+        from Accept, so a slow drip cannot hold the slot); then apply the merge (local work,
+        outside that deadline)."""
+        with trio.fail_after(self.transfer_timeout):
+            own_age = self.model_age()
+            snapshot = await self.learner.snapshot()
+            latest = self.history.latest
+            offer = exchange.offer(
+                ModelOffer(
+                    fingerprint=self.local.fingerprint,
+                    samples=self.learner.samples,
+                    steps=self.learner.steps,
+                    accuracy=finite(latest.accuracy) if latest else None,
+                    loss=finite(latest.loss) if latest else None,
+                    tensors=snapshot,
+                    age=own_age,
+                    fresh=self.fresh,
+                )
+            )
+            if self.local.model_bytes > THREAD_THRESHOLD:
+                body = await trio.to_thread.run_sync(encode, offer)
+            else:
+                body = encode(offer)
+            received: list[Any] = []
 
-        async def receive() -> None:
-            received.append(await framed.receive(self.model_limits))
+            async def receive() -> None:
+                received.append(await framed.receive(self.model_limits))
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive)
-                await framed.send_body(body)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive)
+                    await framed.send_body(body)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
         merge = exchange.receive(received[0])  # structural checks: raises Refused
         assert merge is not None
         theirs = merge.offer.tensors
@@ -552,17 +576,58 @@ class Node:
             measures = await trio.to_thread.run_sync(measure, snapshot, theirs)
         else:
             measures = measure(snapshot, theirs)
+        if merge.kind is MergeKind.KEEP:  # a fresh peer takes our model; its own holds nothing
+            self.counters.seeded += 1
+            log.info("%s is new: it adopts our model, and we keep ours", peer)
+            self._record_merge(peer, merge.offer, measures.relative_distance, consensus=False)
+            return merge
+        alpha = merge.alpha
+        if merge.kind is MergeKind.ADOPT:
+            why_not = await self._adoption_refusal(snapshot, theirs, measures)
+            if why_not is None:
+                await self.learner.merge(snapshot, theirs, 1.0)
+                self.age_offset += merged_age(own_age, merge.offer.age, 1.0) - own_age
+                self.counters.adopted += 1
+                log.info(
+                    "adopted the model of %s (age %.0f examples, ours %.0f)",
+                    peer,
+                    merge.offer.age,
+                    own_age,
+                )
+                self._record_merge(peer, merge.offer, measures.relative_distance)
+                return merge
+            log.info("not adopting the model of %s: %s; averaging instead", peer, why_not)
+            alpha = merge_weight(self.learner.samples, merge.offer.samples)
         verdict = self.screen.assess(measures)
         if verdict.action is Action.REFUSE:
             raise Refused(verdict.reason, verdict.detail)
         if verdict.action is Action.CLIP:
             self.counters.clipped += 1
             log.info("clipped the model from %s: %s", peer, verdict.detail)
-        await self.learner.merge(snapshot, theirs, merge.alpha * verdict.scale)
+        pull = alpha * verdict.scale
+        await self.learner.merge(snapshot, theirs, pull)
+        self.age_offset += merged_age(own_age, merge.offer.age, pull) - own_age
         self._record_merge(peer, merge.offer, measures.relative_distance)
         if verdict.far:  # honest late joiners are far once or twice; a poisoner every time
             await self._offend(peer, "outlier")
         return merge
+
+    async def _adoption_refusal(
+        self, snapshot: dict[str, Any], theirs: Mapping[str, Any], measures: Measures
+    ) -> str | None:
+        """Why we should not adopt ``theirs`` outright (None: adopt it). It must pass the norm
+        rule and do no worse than our own model on our validation data: a fresh model is
+        cheap to give up, but a poisoned one must not replace it."""
+        verdict = self.screen.assess_adoption(measures)
+        if verdict.action is Action.REFUSE:
+            return verdict.detail
+        ours = await self.learner.evaluate_tensors(snapshot)
+        candidate = await self.learner.evaluate_tensors(theirs)
+        if "loss" not in ours or "loss" not in candidate:
+            return "there is no validation data to check it on"
+        if not candidate["loss"] <= ours["loss"]:  # NaN fails too
+            return f"its validation loss {candidate['loss']:.4g} is above ours {ours['loss']:.4g}"
+        return None
 
     def _over_fair_share(self, peer: str) -> bool:
         """True if ``peer`` took more than its fair share of our recent exchanges.
@@ -578,7 +643,11 @@ class Node:
         )
         return self._recent.count(peer) >= share
 
-    def _record_merge(self, peer: str, offer: ModelOffer, distance: float) -> None:
+    def _record_merge(
+        self, peer: str, offer: ModelOffer, distance: float, *, consensus: bool = True
+    ) -> None:
+        """Count a completed exchange. ``consensus``: the distance joins our consensus history
+        (not when we kept our model and ignored a fresh one)."""
         now = trio.current_time()
         self._recent.append(peer)
         self.counters.completed += 1
@@ -590,7 +659,7 @@ class Node:
         stats.steps = offer.steps
         stats.exchanges += 1
         stats.consensus_distance = distance
-        if math.isfinite(distance):
+        if consensus and math.isfinite(distance):
             self.consensus.append((time.time(), distance))
 
     def _fail(self, peer: str, why: str) -> None:

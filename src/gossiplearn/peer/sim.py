@@ -81,10 +81,14 @@ class VectorLearner:
             tensor[...] = (tensor.astype(np.float64) + alpha * diff).astype(tensor.dtype)
 
     async def evaluate(self) -> dict[str, float]:
+        return await self.evaluate_tensors(self.tensors)
+
+    async def evaluate_tensors(self, tensors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """The squared distance to our target, as a loss (none without a target)."""
         await trio.lowlevel.checkpoint()
         if self.target is None:
             return {}
-        err = sum(float(np.sum((v - self.target[k]) ** 2)) for k, v in self.tensors.items())
+        err = sum(float(np.sum((tensors[k] - t) ** 2)) for k, t in self.target.items())
         return {"loss": err}
 
 

@@ -93,6 +93,20 @@ class Trainer:
         with self._lock:
             return self.task.metrics(self.model, self.task.validation)
 
+    def evaluate_tensors(self, tensors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Validation metrics of another model with our architecture (``tensors`` checked
+        against our specs), e.g. one we might adopt. Our model is swapped out for the
+        evaluation and restored exactly, under the lock."""
+        with self._lock, torch.no_grad():
+            saved = {name: t.clone() for name, t in self._tensors.items()}
+            try:
+                for name, t in self._tensors.items():
+                    t.copy_(torch.from_numpy(np.array(tensors[name], copy=True)))
+                return self.task.metrics(self.model, self.task.validation)
+            finally:
+                for name, t in self._tensors.items():
+                    t.copy_(saved[name])
+
     # ---- parameter access (blocking)
 
     def _snapshot_unlocked(self, copy: bool = True) -> dict[str, np.ndarray]:
