@@ -7,7 +7,9 @@ import pytest
 import trio
 
 from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.node import EXCHANGE_PROTOCOL, PEERS_PROTOCOL, Node
 from gossiplearn.peer.sim import VectorLearner, build_simulation
+from gossiplearn.peer.transport import Stream
 
 
 def _random_learners(n: int, seed: int, dim: int = 50) -> list[VectorLearner]:
@@ -178,3 +180,61 @@ async def test_a_late_joiner_adopts_a_far_older_model_in_its_first_exchange(
         assert joiner.counters.adopted == 0
         assert sum(node.counters.seeded for node in sim.nodes[:5]) == 0
         assert after > 100 * max(others)  # halfway at most: still far from everybody
+
+
+async def test_a_dead_and_a_hung_neighbour_never_stall_gossip_and_a_returning_one_is_taken_back(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Five peers know each other. Then peer 3's network goes down, and peer 4 hangs: it still
+    accepts streams but never answers. The three others keep exchanging among themselves all
+    along (dials and exchanges have deadlines; failing peers back off), and drop both after
+    repeated failures. When peer 3's network comes back, it rejoins and exchanges again."""
+    learners = _random_learners(5, seed=9)
+    sim = build_simulation(learners, full_view=True, seed=9)
+    healthy, dead, hung = sim.nodes[:3], sim.nodes[3], sim.nodes[4]
+
+    async def hang(stream: Stream) -> None:
+        await trio.sleep_forever()
+
+    def completed() -> int:
+        return sum(node.counters.completed for node in healthy)
+
+    def knows(node_: Node, other: Node) -> bool:
+        return other.peer_id in node_.view
+
+    async with trio.open_nursery() as nursery:
+        for node in sim.nodes:
+            await nursery.start(sim.network.transports[node.peer_id].run)
+        for node in sim.nodes[:4]:  # the hung peer runs no node: only its transport
+            await nursery.start(node.run)
+        hung_transport = sim.network.transports[hung.peer_id]
+        hung_transport.set_handler(EXCHANGE_PROTOCOL, hang)
+        hung_transport.set_handler(PEERS_PROTOCOL, hang)
+        with trio.fail_after(120):
+            while not all(knows(n, dead) and knows(n, hung) for n in healthy):
+                await trio.sleep(1)
+        sim.network.transports[dead.peer_id].down = True
+        dropped_at = None
+        for window in range(40):  # 40 windows of 30 virtual seconds
+            before = completed()
+            await trio.sleep(30)
+            assert completed() - before >= 10, f"gossip stalled in window {window}"
+            if not any(knows(n, dead) or knows(n, hung) for n in healthy):
+                dropped_at = window
+                break
+        assert dropped_at is not None, [n.view.entries() for n in healthy]
+        assert all(n.counters.failed > 0 for n in healthy)
+        sim.network.transports[dead.peer_id].down = False
+        with trio.fail_after(300):
+            while not any(dead.peer_id in n.neighbours and knows(n, dead) for n in healthy):
+                await trio.sleep(1)
+            back = {
+                n.peer_id: n.neighbours[dead.peer_id].exchanges for n in healthy if knows(n, dead)
+            }
+            while not any(
+                n.neighbours[dead.peer_id].exchanges > back.get(n.peer_id, 0)
+                for n in healthy
+                if dead.peer_id in n.neighbours
+            ):
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()

@@ -20,10 +20,9 @@ Invariants:
 - A peer that sends invalid data commits an offence (``gossip.penalties``); repeated offences
   ban it for a while. Received models pass ``gossip.screening`` before they are merged.
 - Late joiners (``gossip.merge.plan_merge``): while we have never completed an exchange we are
-  *fresh* and adopt a far older model outright, but only one that passes the norm rule and
-  does at least as well as ours on our validation data (else we average as usual); a fresh
-  partner's model is not merged into ours. The model's age (examples of SGD behind it) is
-  ``learner.samples_seen + age_offset``; merges move the offset like a parameter.
+  *fresh* and may adopt a far older model outright; a fresh partner's model is not merged into
+  ours. What is merged, and how, is ``peer.merging.ModelMerger``'s: the node moves the bytes,
+  counts, logs and penalises.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +47,7 @@ from gossiplearn.gossip.exchange import (
     Refused,
     ResponderExchange,
 )
-from gossiplearn.gossip.merge import MergeKind, measure, merge_weight, merged_age
+from gossiplearn.gossip.merge import MergeKind, measure
 from gossiplearn.gossip.messages import (
     Accept,
     Limits,
@@ -61,7 +59,7 @@ from gossiplearn.gossip.messages import (
 )
 from gossiplearn.gossip.penalties import BanConfig, Penalties
 from gossiplearn.gossip.sampling import PeerView
-from gossiplearn.gossip.screening import Action, Measures, Screen, ScreeningConfig
+from gossiplearn.gossip.screening import Screen, ScreeningConfig
 from gossiplearn.gossip.stats import (
     ExchangeCounters,
     MetricPoint,
@@ -71,6 +69,7 @@ from gossiplearn.gossip.stats import (
 from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
 from gossiplearn.peer.framed import THREAD_THRESHOLD, FramedStream, close_quietly, first_error
 from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.merging import ModelMerger
 from gossiplearn.peer.report import finite, node_status
 from gossiplearn.peer.transport import Handler, Stream, Transport
 
@@ -122,7 +121,6 @@ class Node:
         self.consensus: deque[tuple[float, float]] = deque(maxlen=256)
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.age_offset = 0.0  # model age minus our own SGD examples (see ``model_age``)
         self.started_at = time.time()
         self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
         max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
@@ -132,6 +130,7 @@ class Node:
         self.screen = Screen(
             ScreeningConfig(enabled=sec.screening, max_norm_ratio=sec.max_norm_ratio)
         )
+        self.merger = ModelMerger(learner, self.screen)
         self.penalties = Penalties(
             BanConfig(strikes=sec.ban_strikes, window=sec.ban_window, ban_seconds=sec.ban_seconds)
         )
@@ -182,7 +181,7 @@ class Node:
 
     def model_age(self) -> float:
         """Examples of SGD behind our model: our own, plus what merges brought in."""
-        return self.learner.samples_seen + self.age_offset
+        return self.merger.age()
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
@@ -576,58 +575,34 @@ class Node:
             measures = await trio.to_thread.run_sync(measure, snapshot, theirs)
         else:
             measures = measure(snapshot, theirs)
-        if merge.kind is MergeKind.KEEP:  # a fresh peer takes our model; its own holds nothing
+        applied = await self.merger.apply(snapshot, own_age, merge, measures)  # raises Refused
+        if applied.kind is MergeKind.KEEP:
             self.counters.seeded += 1
             log.info("%s is new: it adopts our model, and we keep ours", peer)
-            self._record_merge(peer, merge.offer, measures.relative_distance, consensus=False)
-            return merge
-        alpha = merge.alpha
-        if merge.kind is MergeKind.ADOPT:
-            why_not = await self._adoption_refusal(snapshot, theirs, measures)
-            if why_not is None:
-                await self.learner.merge(snapshot, theirs, 1.0)
-                self.age_offset += merged_age(own_age, merge.offer.age, 1.0) - own_age
-                self.counters.adopted += 1
-                log.info(
-                    "adopted the model of %s (age %.0f examples, ours %.0f)",
-                    peer,
-                    merge.offer.age,
-                    own_age,
-                )
-                self._record_merge(peer, merge.offer, measures.relative_distance)
-                return merge
-            log.info("not adopting the model of %s: %s; averaging instead", peer, why_not)
-            alpha = merge_weight(self.learner.samples, merge.offer.samples)
-        verdict = self.screen.assess(measures)
-        if verdict.action is Action.REFUSE:
-            raise Refused(verdict.reason, verdict.detail)
-        if verdict.action is Action.CLIP:
+        elif applied.kind is MergeKind.ADOPT:
+            self.counters.adopted += 1
+            log.info(
+                "adopted the model of %s (age %.0f examples, ours %.0f)",
+                peer,
+                merge.offer.age,
+                own_age,
+            )
+        if applied.not_adopted:
+            log.info(
+                "not adopting the model of %s: %s; averaged instead", peer, applied.not_adopted
+            )
+        if applied.clipped:
             self.counters.clipped += 1
-            log.info("clipped the model from %s: %s", peer, verdict.detail)
-        pull = alpha * verdict.scale
-        await self.learner.merge(snapshot, theirs, pull)
-        self.age_offset += merged_age(own_age, merge.offer.age, pull) - own_age
-        self._record_merge(peer, merge.offer, measures.relative_distance)
-        if verdict.far:  # honest late joiners are far once or twice; a poisoner every time
+            log.info("clipped the model from %s: %s", peer, applied.clipped)
+        self._record_merge(
+            peer,
+            merge.offer,
+            measures.relative_distance,
+            consensus=applied.kind is not MergeKind.KEEP,  # a fresh model we ignored
+        )
+        if applied.far:  # honest late joiners are far once or twice; a poisoner every time
             await self._offend(peer, "outlier")
         return merge
-
-    async def _adoption_refusal(
-        self, snapshot: dict[str, Any], theirs: Mapping[str, Any], measures: Measures
-    ) -> str | None:
-        """Why we should not adopt ``theirs`` outright (None: adopt it). It must pass the norm
-        rule and do no worse than our own model on our validation data: a fresh model is
-        cheap to give up, but a poisoned one must not replace it."""
-        verdict = self.screen.assess_adoption(measures)
-        if verdict.action is Action.REFUSE:
-            return verdict.detail
-        ours = await self.learner.evaluate_tensors(snapshot)
-        candidate = await self.learner.evaluate_tensors(theirs)
-        if "loss" not in ours or "loss" not in candidate:
-            return "there is no validation data to check it on"
-        if not candidate["loss"] <= ours["loss"]:  # NaN fails too
-            return f"its validation loss {candidate['loss']:.4g} is above ours {ours['loss']:.4g}"
-        return None
 
     def _over_fair_share(self, peer: str) -> bool:
         """True if ``peer`` took more than its fair share of our recent exchanges.

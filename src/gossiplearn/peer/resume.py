@@ -105,7 +105,7 @@ def node_state(node: Node) -> NodeState:
         bytes_received=node.bytes_received,
         history=tuple(node.history.points),
         consensus=tuple(node.consensus),
-        age_offset=node.age_offset,
+        age_offset=node.merger.age_offset,
     )
 
 
@@ -117,7 +117,7 @@ def resume_node(node: Node, state: NodeState) -> None:
     for point in state.history:
         node.history.add(point)
     node.consensus.extend(state.consensus)
-    node.age_offset = state.age_offset
+    node.merger.age_offset = state.age_offset
 
 
 def _copy(counters: ExchangeCounters) -> ExchangeCounters:
