@@ -3,14 +3,16 @@ restarted every few seconds. Used by ``test_chaos.py``; run this file to print o
 one chaos run side by side (``python tests/integration/chaos.py``).
 
 What a run records, for the test to judge:
-- every kill, and what the killed peer had on disk afterwards (``load_checkpoint``: every
+- every kill (half at a random instant, half at the instant the victim's next checkpoint is due,
+  often mid-write), and what the killed peer had on disk afterwards (``load_checkpoint``: every
   checkpoint must load and fit the model);
 - counters that went backwards: within one process lifetime, any polled status counter that
   fell; across a restart, a restarted peer whose first status shows less than the checkpoint it
   resumed from, or a checkpoint on disk older than the last one its status had reported
   (status reports a checkpoint only once it is durable);
-- at the end, after a SIGTERM of everyone (exit codes kept), each peer's saved model evaluated on
-  the common digits test set.
+- at the end, after a SIGTERM of everyone (exit codes kept): the last checkpoint and model.glm
+  written at the clean stop agree, no temporary file is left, and each peer's saved model is
+  evaluated on the common digits test set.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Member:
     starts: int = 0
     last: dict[tuple[str | None, str], int] = field(default_factory=dict)  # this lifetime
     reported_checkpoint: int | None = None  # steps of the last checkpoint status reported
+    checkpoint_time: float | None = None  # unix time of that checkpoint, this lifetime
     resumed_floor: dict[tuple[str | None, str], int] | None = None  # checkpoint on disk
     checked_restart: bool = True
 
@@ -124,6 +127,7 @@ class Member:
             )
         self.starts += 1
         self.last = {}
+        self.checkpoint_time = None
         self.checked_restart = self.starts == 1
 
     def alive(self) -> bool:
@@ -144,6 +148,7 @@ class Result:
     exit_codes: list[int | None] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # counters that went backwards
     unloadable: list[str] = field(default_factory=list)  # checkpoints that did not load
+    unsaved: list[str] = field(default_factory=list)  # a clean stop that did not save it all
     checkpoints_checked: int = 0
     restarts_checked: int = 0
     bans: int = 0
@@ -215,6 +220,8 @@ class Consortium:
         st = self.status(m)
         if st is None:
             return None
+        if st["peer_id"] != m.peer_id:
+            self._violation(m, f"restart {m.starts} came back as {st['peer_id']}")
         for key in COUNTERS:
             value = _value(st, key)
             before = m.last.get(key)
@@ -237,6 +244,7 @@ class Consortium:
         cp = st["checkpoint"]
         if cp["time"] is not None:
             m.reported_checkpoint = max(m.reported_checkpoint or 0, int(cp["steps"]))
+            m.checkpoint_time = float(cp["time"])
         return st
 
     def _violation(self, m: Member, what: str) -> None:
@@ -326,9 +334,15 @@ class Consortium:
                 break
             victim = self.rng.choice(self.members)
             self.observe(victim)
+            when = "at a random instant"
+            if victim.checkpoint_time is not None and self.rng.random() < 0.5:
+                # at the instant its next checkpoint is due: often in the middle of writing it
+                due = victim.checkpoint_time + s.checkpoint_interval - time.time()
+                time.sleep(min(max(0.0, due), s.checkpoint_interval))
+                when = "when a checkpoint was due"
             self.result.timeline.append(
                 f"{time.monotonic() - self.t0:.0f}s: peer {victim.index} at "
-                f"{victim.last.get(('training', 'steps'))} steps"
+                f"{victim.last.get(('training', 'steps'))} steps, {when}"
             )
             assert victim.proc is not None
             victim.proc.send_signal(signal.SIGKILL)
@@ -361,12 +375,19 @@ class Consortium:
             trainer = Trainer(task, config)
             loaded = load_checkpoint(m.home, lambda cp, t=trainer: t.incompatibility(cp.trainer))
             r.checkpoints_checked += 1
+            accuracy, steps = saved_model_accuracy(m.home / MODEL_FILE_NAME, task, config)
+            r.accuracies.append(accuracy)
             if loaded is None:
                 r.unloadable.append(f"peer {m.index} at the end")
             else:
                 r.adopted += loaded.checkpoint.node.counters.adopted
-            accuracy, _ = saved_model_accuracy(m.home / MODEL_FILE_NAME, task, config)
-            r.accuracies.append(accuracy)
+                if loaded.checkpoint.trainer.steps != steps:  # both written at the clean stop
+                    r.unsaved.append(
+                        f"peer {m.index}: model.glm has {steps} steps, its last checkpoint "
+                        f"{loaded.checkpoint.trainer.steps}"
+                    )
+            left = [p.name for p in m.home.iterdir() if p.name.endswith(".tmp")]
+            r.unsaved += [f"peer {m.index}: {name} left behind" for name in left]
             r.bans += m.log_tail(1 << 30).count("after repeated invalid data")  # node._offend
 
 

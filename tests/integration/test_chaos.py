@@ -25,6 +25,7 @@ def test_random_kills_for_90_s_lose_no_checkpoint_no_counter_and_little_accuracy
         assert run.exit_codes == [0] * 6  # every peer was running at the end and stopped cleanly
         assert not run.unloadable, run.unloadable  # every checkpoint loaded and fits the model
         assert not run.violations, run.violations  # no status counter ever went backwards
+        assert not run.unsaved, run.unsaved  # the clean stop saved model and checkpoint
     # the checks ran: a checkpoint loaded after (nearly) every kill (not after one that came
     # before the peer's first checkpoint) and at the end, and restarted peers were compared
     # with what they resumed (not one killed again before it answered)
