@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -261,14 +262,19 @@ def task() -> Task:
 CONFIG = TrainingConfig(batch_size=16, momentum=0.9, weight_decay=1e-4)
 
 
-def test_a_resumed_trainer_continues_bit_for_bit(task: Task) -> None:
-    original = Trainer(task, CONFIG, seed=1)
-    per_epoch = len(task.train) // CONFIG.batch_size
+@pytest.mark.parametrize(
+    "config",
+    [CONFIG, replace(CONFIG, lr_schedule="cosine", max_steps=60)],
+    ids=["constant", "cosine"],
+)
+def test_a_resumed_trainer_continues_bit_for_bit(task: Task, config: TrainingConfig) -> None:
+    original = Trainer(task, config, seed=1)
+    per_epoch = len(task.train) // config.batch_size
     original.train_steps(per_epoch + 3)  # past an epoch boundary: a reshuffled order
     restored = decode_checkpoint(
         encode_checkpoint(Checkpoint(0.0, original.state(), small_checkpoint().node))
     )
-    resumed = Trainer(task, CONFIG, seed=2)  # another init and batch order, all replaced
+    resumed = Trainer(task, config, seed=2)  # another init and batch order, all replaced
     assert resumed.incompatibility(restored.trainer) is None
     resumed.restore(restored.trainer)
     for _ in range(per_epoch):  # crosses the next epoch boundary as well
@@ -316,3 +322,15 @@ def test_resume_prefers_the_checkpoint_then_the_model_file_then_fresh(
     assert last.steps == 0
     assert "shorter than the header" in caplog.text and MODEL_FILE_NAME in caplog.text
     torch.manual_seed(0)  # leave the global generator as other tests expect it
+
+
+def test_the_cosine_schedule_decays_to_zero_at_max_steps(task: Task) -> None:
+    cosine = Trainer(task, replace(CONFIG, lr_schedule="cosine", max_steps=100), seed=1)
+    base = CONFIG.learning_rate
+    assert cosine.learning_rate(0) == base
+    assert cosine.learning_rate(50) == pytest.approx(base / 2)
+    assert cosine.learning_rate(100) == cosine.learning_rate(150) == pytest.approx(0.0)
+    cosine.train_steps(25)
+    assert cosine.optimizer.param_groups[0]["lr"] == cosine.learning_rate(24)  # the last step's
+    constant = Trainer(task, replace(CONFIG, max_steps=100), seed=1)
+    assert constant.learning_rate(0) == constant.learning_rate(99) == base

@@ -251,3 +251,13 @@ def test_a_file_that_is_not_utf8_is_a_user_error(tmp_path: Path) -> None:
 def test_an_integer_too_large_for_a_float_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"gossip\.interval"):
         load_config_file(write(tmp_path, "[gossip]\ninterval = 1" + "0" * 400 + "\n"))
+
+
+def test_a_cosine_schedule_needs_max_steps_from_any_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "[training]\nlr_schedule = 'cosine'\n")
+    with pytest.raises(UserError, match="max_steps"):
+        with_overrides(load_config_file(path), {})
+    cfg = with_overrides(load_config_file(path), {"training.max_steps": 300})
+    assert (cfg.training.lr_schedule, cfg.training.max_steps) == ("cosine", 300)
+    with pytest.raises(UserError, match="constant or cosine"):
+        with_overrides(PeerConfig(), {"training.lr_schedule": "linear"})

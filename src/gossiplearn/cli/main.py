@@ -73,6 +73,7 @@ START_FLAGS: dict[str, str] = {
     "batch_size": "training.batch_size",
     "steps_per_second": "training.steps_per_second",
     "max_steps": "training.max_steps",
+    "lr_schedule": "training.lr_schedule",
     "eval_interval": "training.eval_interval",
     "threads": "training.threads",
     "training": "training.enabled",
@@ -118,6 +119,11 @@ START_FLAGS: dict[str, str] = {
 @click.option("--batch-size", type=int)
 @click.option("--steps-per-second", type=float, help="Pace of local SGD steps (0 = unlimited).")
 @click.option("--max-steps", type=int, help="Stop training after this many steps (0 = never).")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    help="Learning rate over the steps: constant, or cosine decay to 0 at --max-steps.",
+)
 @click.option("--eval-interval", type=float, help="Seconds between validation evaluations.")
 @click.option("--threads", type=int, help="Torch CPU threads.")
 @click.option(

@@ -21,6 +21,7 @@ from gossiplearn.errors import UserError
 
 CONFIG_FILE_NAME = "peer.toml"
 HOME_ENV = "GOSSIPLEARN_HOME"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -57,6 +58,7 @@ class TrainingConfig:
     batch_size: int = 32
     steps_per_second: float = 20.0
     max_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 at max_steps)
     eval_interval: float = 2.0
     threads: int = 1
     enabled: bool = True
@@ -122,6 +124,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "training.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "training.steps_per_second": (lambda v: v >= 0, "a number >= 0 (0 = unlimited)"),
     "training.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = unlimited)"),
+    "training.lr_schedule": (lambda v: v in LR_SCHEDULES, "constant or cosine"),
     "training.eval_interval": (lambda v: v > 0, "a number of seconds > 0"),
     "training.threads": (lambda v: v >= 1, "an integer >= 1"),
     "training.checkpoint_interval": (
@@ -236,14 +239,25 @@ def load_config_file(path: Path) -> PeerConfig:
 
 
 def with_overrides(cfg: PeerConfig, overrides: Mapping[str, Any]) -> PeerConfig:
-    """Apply dotted-key overrides from flags (``{"gossip.interval": 0.5}``); None is ignored."""
+    """Apply dotted-key overrides from flags (``{"gossip.interval": 0.5}``); None is ignored.
+    Then check the rules that tie keys together (the final configuration)."""
     nested: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
         if value is None or value == ():
             continue
         section, _, key = dotted.partition(".")
         nested.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
-    return build_config(nested, "command line", cfg)
+    return check_combined(build_config(nested, "command line", cfg))
+
+
+def check_combined(cfg: PeerConfig) -> PeerConfig:
+    """Rules between keys, once every source is applied; returns ``cfg``."""
+    if cfg.training.lr_schedule == "cosine" and cfg.training.max_steps == 0:
+        raise UserError(
+            "training.lr_schedule = 'cosine' decays the learning rate to 0 at "
+            "training.max_steps: set max_steps (--max-steps N) too"
+        )
+    return cfg
 
 
 DEFAULT_CONFIG_TEXT = """\
@@ -273,6 +287,7 @@ weight_decay = 0.0
 batch_size = 32
 steps_per_second = 20.0      # pace of local SGD steps; 0 = as fast as the CPU allows
 max_steps = 0                # stop training after this many steps (0 = never); gossip goes on
+lr_schedule = "constant"     # constant | cosine (decays to 0 at max_steps; needs max_steps)
 eval_interval = 2.0          # seconds between validation evaluations
 threads = 1                  # torch CPU threads for training
 enabled = true               # false: only average (no local training)

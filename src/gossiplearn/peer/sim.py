@@ -1,8 +1,9 @@
-"""In-process simulation: many ``Node``s on a ``MemoryNetwork``, with numpy ``VectorLearner``s.
+"""In-process simulation: many ``Node``s on a ``MemoryNetwork``, with synchronous learners.
 
-The nodes run the same gossip code as deployed peers; only the transport and the learner are
-in-memory fakes. ``VectorLearner`` is synchronous (no worker threads), so simulations can run
-under trio's autojump clock in virtual time.
+The nodes run the same gossip code as deployed peers; only the transport and the learner
+differ. Both learners here are synchronous (no worker threads), so simulations can run under
+trio's autojump clock in virtual time: ``VectorLearner`` is a numpy stand-in, ``InlineLearner``
+drives a real ``Trainer`` (the task's torch model, as a deployed peer trains it) inline.
 
 A ``VectorLearner`` "trains" by stepping toward a private target vector (gradient descent on
 ``||x - target||² / 2``), which makes the consensus optimum the samples-weighted mean of targets.
@@ -11,15 +12,18 @@ A ``VectorLearner`` "trains" by stepping toward a private target vector (gradien
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import trio
 
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.learner import Learner
 from gossiplearn.peer.node import Node, NodeConfig
+from gossiplearn.peer.trainer import Trainer
 from gossiplearn.peer.transport import MemoryNetwork
 
 
@@ -92,31 +96,90 @@ class VectorLearner:
         return {"loss": err}
 
 
+class SimLearner(Learner, Protocol):
+    """A learner whose current tensors the simulation can read at any moment (synchronously)."""
+
+    @property
+    def tensors(self) -> Mapping[str, np.ndarray]: ...
+
+
+class InlineLearner:
+    """A ``Trainer`` driven in the trio thread: each call runs to completion before it returns,
+    so virtual time does not move while the model trains (the whole simulation is then
+    deterministic for a seed, and as fast as the CPU allows)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._specs = trainer.specs()
+        self._model_bytes = trainer.model_bytes()
+
+    @property
+    def samples(self) -> int:
+        return self.trainer.samples
+
+    @property
+    def steps(self) -> int:
+        return self.trainer.steps
+
+    @property
+    def samples_seen(self) -> int:
+        return self.trainer.samples_seen
+
+    def specs(self) -> list[TensorSpec]:
+        return self._specs
+
+    def model_bytes(self) -> int:
+        return self._model_bytes
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        """A copy of the current tensors."""
+        return self.trainer.snapshot()
+
+    async def train(self, count: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self.trainer.train_steps(count)
+
+    async def snapshot(self) -> dict[str, np.ndarray]:
+        await trio.lowlevel.checkpoint()
+        return self.trainer.snapshot()
+
+    async def merge(
+        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self.trainer.merge(snapshot, theirs, alpha)
+
+    async def evaluate(self) -> dict[str, float]:
+        await trio.lowlevel.checkpoint()
+        return self.trainer.evaluate()
+
+    async def evaluate_tensors(self, tensors: Mapping[str, np.ndarray]) -> dict[str, float]:
+        await trio.lowlevel.checkpoint()
+        return self.trainer.evaluate_tensors(tensors)
+
+
 @dataclass
 class Simulation:
     network: MemoryNetwork
     nodes: list[Node]
-    learners: list[VectorLearner]
+    learners: Sequence[SimLearner]
 
     def weighted_mean(self) -> dict[str, np.ndarray]:
+        """The samples-weighted mean of every node's tensors, in float64."""
         total = sum(learner.samples for learner in self.learners)
-        names = self.learners[0].tensors.keys()
+        models = [(lrn.samples / total, lrn.tensors) for lrn in self.learners]
         return {
-            k: np.sum(
-                [
-                    (lrn.samples / total) * lrn.tensors[k].astype(np.float64)
-                    for lrn in self.learners
-                ],
-                axis=0,
-            )
-            for k in names
+            k: np.sum([w * m[k].astype(np.float64) for w, m in models], axis=0)
+            for k in models[0][1]
         }
 
     def max_deviation(self, reference: Mapping[str, np.ndarray]) -> float:
         """Largest absolute difference between any node's tensors and ``reference``."""
+        models = [lrn.tensors for lrn in self.learners]
         return max(
-            float(np.max(np.abs(lrn.tensors[k].astype(np.float64) - reference[k])))
-            for lrn in self.learners
+            float(np.max(np.abs(m[k].astype(np.float64) - reference[k])))
+            for m in models
             for k in reference
         )
 
@@ -130,7 +193,7 @@ class Simulation:
 
 
 def build_simulation(
-    learners: list[VectorLearner],
+    learners: Sequence[SimLearner],
     *,
     gossip: GossipConfig | None = None,
     training: TrainingConfig | None = None,

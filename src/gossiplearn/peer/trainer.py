@@ -14,6 +14,7 @@ a checkpoint continues bit for bit as if it had not stopped.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 
@@ -73,11 +74,21 @@ class Trainer:
         self._pos += size
         return idx
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of SGD step number ``step`` (0-based): a function of the step
+        alone, so a resumed peer continues the schedule exactly."""
+        base, total = self.config.learning_rate, self.config.max_steps
+        if self.config.lr_schedule == "cosine" and total > 0:
+            return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return base
+
     def train_steps(self, count: int) -> int:
         """Run ``count`` SGD steps (each under the lock); returns the total steps taken."""
         data = self.task.train
         for _ in range(count):
             with self._lock:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate(self.steps)
                 idx = self._batch()
                 self.model.train()
                 self.optimizer.zero_grad(set_to_none=True)
