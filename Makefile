@@ -28,6 +28,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 lint: install

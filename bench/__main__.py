@@ -6,23 +6,29 @@ import datetime
 import time
 from pathlib import Path
 
-from bench import demo_accuracy, exchange_speed, hostile, simulation_consensus
-from bench.report import machine
+from bench import demo_accuracy, exchange_speed, hostile, learning_quality, simulation_consensus
+from bench.report import Section, machine
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+OUT = DOCS / "benchmarks.md"
+IMAGES = DOCS / "img"  # the PNG plots, linked from benchmarks.md
 
 
 def main() -> None:
     started = time.monotonic()
-    sections = []
-    for name, module in (
-        ("exchange speed", exchange_speed),
-        ("simulation consensus", simulation_consensus),
-        ("demo accuracy", demo_accuracy),
-        ("hostile member", hostile),
+    sections: list[Section] = []
+    for name, run in (
+        ("exchange speed", exchange_speed.run),
+        ("learning quality", lambda: learning_quality.run(images=IMAGES)),
+        ("simulation consensus", simulation_consensus.run),
+        ("demo accuracy", demo_accuracy.run),
+        ("hostile member", hostile.run),
     ):
         print(f"benchmark: {name}", flush=True)
-        sections.append(module.run())
+        t0 = time.monotonic()
+        result = run()
+        sections += result if isinstance(result, list) else [result]
+        print(f"  {name}: {time.monotonic() - t0:.0f} s", flush=True)
     total = time.monotonic() - started
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     text = [

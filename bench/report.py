@@ -40,6 +40,7 @@ class Section:
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (alt text, path from docs/)
 
     def markdown(self) -> str:
         out = [f"## {self.title}", "", f"Command: `{self.command}`. {self.settings}", ""]
@@ -49,4 +50,6 @@ class Section:
         if self.notes:
             out.append("")
             out += self.notes
+        for alt, path in self.images:
+            out += ["", f"![{alt}]({path})"]
         return "\n".join(out) + "\n"
