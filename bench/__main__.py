@@ -6,7 +6,15 @@ import datetime
 import time
 from pathlib import Path
 
-from bench import demo_accuracy, exchange_speed, hostile, learning_quality, simulation_consensus
+from bench import (
+    demo_accuracy,
+    exchange_speed,
+    hostile,
+    learning_quality,
+    peer_memory,
+    process_quality,
+    simulation_consensus,
+)
 from bench.report import Section, machine
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -20,7 +28,9 @@ def main() -> None:
     for name, run in (
         ("exchange speed", exchange_speed.run),
         ("learning quality", lambda: learning_quality.run(images=IMAGES)),
-        ("simulation consensus", simulation_consensus.run),
+        ("learning quality, real processes", process_quality.run),
+        ("scale", simulation_consensus.run),
+        ("memory per peer", peer_memory.run),
         ("demo accuracy", demo_accuracy.run),
         ("hostile member", hostile.run),
     ):

@@ -23,7 +23,7 @@ from gossiplearn.peer.host import Libp2pTransport
 from gossiplearn.peer.node import Node, NodeConfig
 from gossiplearn.peer.sim import VectorLearner
 
-SIZES = (1_000_000, 10_000_000)
+SIZES = (1_000_000, 10_000_000, 50_000_000)
 REPEATS = 3
 RAW_BYTES = 256 << 20
 

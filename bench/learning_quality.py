@@ -148,7 +148,9 @@ def gossip_curve(n: int, partition: str, seed: int) -> tuple[Curve, float]:
     return curve, exchanges
 
 
-def fedavg_curve(n: int, partition: str, seed: int) -> Curve:
+def fedavg_curve(
+    n: int, partition: str, seed: int, rounds: int = ROUNDS, local_steps: int = LOCAL_STEPS
+) -> Curve:
     torch.manual_seed(seed)
     trainers = [
         Trainer(t, TRAINING, seed=1000 * seed + i) for i, t in enumerate(_tasks(n, partition, seed))
@@ -158,12 +160,12 @@ def fedavg_curve(n: int, partition: str, seed: int) -> Curve:
     global_model = trainers[0].snapshot()  # the server's initial model
     per_round = 2 * encoded_model_size(global_model)  # one model down, one up, per client
     curve = Curve()
-    for r in range(ROUNDS + 1):
+    for r in range(rounds + 1):
         if r:
             models = []
             for t in trainers:
                 t.load(global_model)
-                t.train_steps(LOCAL_STEPS)
+                t.train_steps(local_steps)
                 models.append(t.snapshot())
             weighted = list(zip(weights, models, strict=True))
             global_model = {
@@ -172,11 +174,11 @@ def fedavg_curve(n: int, partition: str, seed: int) -> Curve:
                 )
                 for k in global_model
             }
-        if r % 2 == 0 or r == ROUNDS:
+        if r % 2 == 0 or r == rounds:
             trainers[0].load(global_model)
             acc = _test_accuracy(trainers[0])
             curve.points.append(
-                Point(r * LOCAL_STEPS / STEPS_PER_SECOND, r, r * per_round, acc, acc, 0.0)
+                Point(r * local_steps / STEPS_PER_SECOND, r, r * per_round, acc, acc, 0.0)
             )
     return curve
 

@@ -108,6 +108,7 @@ def _start_peer(
         "--gossip-interval", str(s.gossip_interval),
         "--learning-rate", str(s.training.learning_rate),
         "--batch-size", str(s.training.batch_size),
+        "--lr-schedule", s.training.lr_schedule,
         "--eval-interval", "1",
         "--threads", "1",
         "--consortium-key", str(root / KEY_FILE),
@@ -324,6 +325,11 @@ def _summarise(
         "centralised": central,
         "steps_per_peer": statistics.fmean(steps),
         "exchanges_per_peer": statistics.fmean(exchanges) if exchanges else 0.0,
+        "traffic_per_peer": statistics.fmean(
+            st["bytes_sent"] + st["bytes_received"] for st in final if st
+        )
+        if any(final)
+        else 0.0,
         "final_consensus_distance": max(distances) if distances else None,
     }
     t = Table(title="test accuracy (common held-out digits test set)", title_justify="left")
