@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -28,30 +30,73 @@ REPEATS = 3
 RAW_BYTES = 256 << 20
 
 
-async def _exchange(params: int) -> float:
-    """Seconds per exchange of a model of ``params`` float32 parameters (median of REPEATS)."""
-    config = NodeConfig(
-        gossip=GossipConfig(exchange_timeout=300.0), training=TrainingConfig(enabled=False)
-    )
-    rng = np.random.default_rng(0)
-    listen = ["/ip4/127.0.0.1/tcp/0"]
-    async with (
-        Libp2pTransport.open(Identity.generate(), listen) as ta,
-        Libp2pTransport.open(Identity.generate(), listen) as tb,
-    ):
-        a = Node(ta, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1), config)
-        b = Node(tb, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1), config)
-        ta.set_handler("/gossiplearn/exchange/1.0.0", a._on_exchange)
-        tb.set_handler("/gossiplearn/exchange/1.0.0", b._on_exchange)
-        await ta.connect(tb.addrs()[0])
-        a.view.learn(PeerRecord(tb.peer_id, tuple(tb.addrs())), trio.current_time())
-        times = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            outcome = await a.initiate(tb.peer_id)
-            times.append(time.perf_counter() - start)
-            assert outcome == "completed", outcome
-        return sorted(times)[len(times) // 2]
+NODE_CONFIG = NodeConfig(
+    gossip=GossipConfig(exchange_timeout=300.0), training=TrainingConfig(enabled=False)
+)
+LISTEN = ["/ip4/127.0.0.1/tcp/0"]
+
+
+def _node(transport: Libp2pTransport, params: int, seed: int) -> Node:
+    rng = np.random.default_rng(seed)
+    node = Node(transport, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1),
+                NODE_CONFIG)  # fmt: skip
+    transport.set_handler("/gossiplearn/exchange/1.0.0", node._on_exchange)
+    return node
+
+
+async def _serve(params: int) -> None:
+    """The responder, in a process of its own: prints its address, answers until killed."""
+    async with Libp2pTransport.open(Identity.generate(), LISTEN) as transport:
+        _node(transport, params, seed=1)
+        print(transport.addrs()[0], flush=True)
+        await trio.sleep_forever()
+
+
+async def _timed_exchanges(a: Node, peer: str) -> float:
+    """Median seconds per exchange that ``a`` starts with ``peer`` (waiting out a busy reply:
+    the responder may still be applying the previous merge)."""
+    times = []
+    while len(times) < REPEATS:
+        start = time.perf_counter()
+        outcome = await a.initiate(peer)
+        if outcome == "declined":
+            await trio.sleep(0.05)
+            continue
+        assert outcome == "completed", outcome
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+async def _exchange(params: int, processes: bool) -> float:
+    """Seconds per exchange of ``params`` float32 parameters between two peers, in one process
+    (both sharing a core) or in two."""
+    async with Libp2pTransport.open(Identity.generate(), LISTEN) as ta:
+        a = _node(ta, params, seed=0)
+        if not processes:
+            async with Libp2pTransport.open(Identity.generate(), LISTEN) as tb:
+                _node(tb, params, seed=1)
+                peer = await ta.connect(tb.addrs()[0])
+                a.view.learn(PeerRecord(peer, tuple(tb.addrs())), trio.current_time())
+                return await _timed_exchanges(a, peer)
+        serve = [sys.executable, "-m", "bench.exchange_speed", "--serve", str(params)]
+        proc = await trio.lowlevel.open_process(serve, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(4096)
+                if not chunk:
+                    raise RuntimeError("the responder process ended before printing its address")
+                line += chunk
+            addr = line.decode().strip()
+            peer = await ta.connect(addr)
+            a.view.learn(PeerRecord(peer, (addr,)), trio.current_time())
+            return await _timed_exchanges(a, peer)
+        finally:
+            proc.kill()
+            await proc.wait()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
 
 
 async def _raw_tcp() -> float:
@@ -99,16 +144,22 @@ def run() -> Section:
         command="python -m bench",
         settings=(
             f"Two `Node`s over `Libp2pTransport` (TCP + Noise + yamux), training off, "
-            f"float32 models; median of {REPEATS} exchanges after the connection is up. "
+            f"float32 models, each peer in a process of its own as deployed (and, for "
+            f"comparison, both in one process); median of {REPEATS} exchanges after the "
+            "connection is up, each timed until the initiator has applied its merge. "
             "MB/s of model data = 2 × 4 B × parameters / seconds (both models cross the link)."
         ),
         header=["what", "parameters", "seconds per exchange", "MB/s"],
     )
-    for params in SIZES:
-        print(f"  exchange of {params:,} parameters …", flush=True)
-        seconds = trio.run(_exchange, params)
-        mbps = 2 * 4 * params / seconds / 1e6
-        section.rows.append(["gossip exchange", f"{params:,}", f"{seconds:.2f}", f"{mbps:.1f}"])
+    for processes in (True, False):
+        where = "two processes" if processes else "one process (one core for both)"
+        for params in SIZES:
+            print(f"  exchange of {params:,} parameters, {where} …", flush=True)
+            seconds = trio.run(_exchange, params, processes)
+            mbps = 2 * 4 * params / seconds / 1e6
+            section.rows.append(
+                [f"gossip exchange, {where}", f"{params:,}", f"{seconds:.2f}", f"{mbps:.1f}"]
+            )
     print("  raw TCP and cipher …", flush=True)
     section.rows.append(
         ["raw trio TCP, loopback, one way", "256 MiB", "", f"{trio.run(_raw_tcp):.0f}"]
@@ -119,3 +170,7 @@ def run() -> Section:
         "of 64 KiB, yamux windows), not the cipher; see docs/libp2p-notes.md."
     )
     return section
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    trio.run(_serve, int(sys.argv[2]))

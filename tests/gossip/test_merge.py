@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gossiplearn.gossip.merge import (
+    CHUNK,
     MergeKind,
     MergePlan,
     Standing,
     Tensors,
+    apply_merge,
     consensus_distance,
     merge_delta,
     merge_weight,
@@ -289,3 +291,17 @@ def test_age_merges_like_a_parameter(own: float, their: float, alpha: float) -> 
     assert min(own, their) * (1 - 1e-12) <= age <= max(own, their) * (1 + 1e-12)
     assert merged_age(own, their, 0.0) == own
     assert math.isclose(merged_age(own, their, 1.0), their, rel_tol=1e-12, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_apply_merge_in_blocks_equals_the_whole_model_formula(dtype: type, layout: str) -> None:
+    rng = np.random.default_rng(3)
+    shape = (3, CHUNK + 7)  # several blocks, the last one short
+    model, snap, theirs = (rng.normal(size=shape).astype(dtype) for _ in range(3))
+    if layout == "transposed":  # not C-contiguous: updated whole
+        model, snap, theirs = model.T, snap.T, theirs.T
+    expected = (model.astype(np.float64) + 0.3 * (theirs.astype(np.float64) - snap)).astype(dtype)
+    apply_merge(model, snap, theirs, 0.3)
+    assert model.dtype == dtype
+    assert np.array_equal(model, expected)

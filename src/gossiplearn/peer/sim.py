@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import trio
 
+from gossiplearn.gossip.merge import apply_merge
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
 from gossiplearn.peer.learner import Learner
@@ -81,8 +82,7 @@ class VectorLearner:
     ) -> None:
         await trio.lowlevel.checkpoint()
         for k, tensor in self.tensors.items():
-            diff = theirs[k].astype(np.float64) - snapshot[k].astype(np.float64)
-            tensor[...] = (tensor.astype(np.float64) + alpha * diff).astype(tensor.dtype)
+            apply_merge(tensor, snapshot[k], theirs[k], alpha)
 
     async def evaluate(self) -> dict[str, float]:
         return await self.evaluate_tensors(self.tensors)

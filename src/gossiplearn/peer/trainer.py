@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from gossiplearn.gossip.merge import merge_delta
+from gossiplearn.gossip.merge import apply_merge, merge_delta
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, fingerprint, specs_of
 from gossiplearn.peer.checkpoint import TrainerState
 from gossiplearn.peer.config import TrainingConfig
@@ -136,12 +136,14 @@ class Trainer:
         self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
     ) -> None:
         """Add ``alpha * (theirs - snapshot)`` to the model (``theirs`` was checked against
-        our specs)."""
-        delta = merge_delta(snapshot, theirs, alpha)
+        our specs), in float64, rounded once to each tensor's dtype (no float16 overflow)."""
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
-                # add in float64, then round once to the tensor's dtype (no float16 overflow)
-                merged = t.to(torch.float64) + torch.from_numpy(delta[name]).to(t.device)
+                if t.device.type == "cpu" and t.is_contiguous():  # in place, block by block
+                    apply_merge(t.numpy(), snapshot[name], theirs[name], alpha)
+                    continue
+                delta = merge_delta({name: snapshot[name]}, {name: theirs[name]}, alpha)[name]
+                merged = t.to(torch.float64) + torch.from_numpy(delta).to(t.device)
                 t.copy_(merged.to(t.dtype))
 
     def load(self, tensors: Mapping[str, np.ndarray]) -> None:
