@@ -75,13 +75,13 @@ class Settings:
     partition: str = "iid"
     seed: int = 0
     steps_per_second: float = 25.0
-    max_steps: int = 1500  # training ends here; gossip goes on, so the models meet
+    max_steps: int = 1250  # training ends here; gossip goes on, so the models meet
     gossip_interval: float = 0.3
     checkpoint_interval: float = 2.0
     chaos_seconds: float = 90.0  # 0: a calm run
     kill_gap: tuple[float, float] = (2.0, 5.0)  # seconds between kills, uniform
     down_time: tuple[float, float] = (0.0, 1.0)  # seconds a killed peer stays down, uniform
-    tail_seconds: float = 8.0  # after every peer has finished training
+    tail_seconds: float = 6.0  # after every peer has finished training
     start_deadline: float = 120.0
     finish_deadline: float = 240.0  # for every peer to finish training after the chaos
 

@@ -51,10 +51,11 @@ class Learner(Protocol):
         ours as it is."""
 
 
-class ThreadedLearner:
+class TrainerLearner:
+    """What every ``Learner`` over a ``Trainer`` shares: the counters and the model's shape."""
+
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self._limiter = trio.CapacityLimiter(1)  # one torch job at a time per peer
         self._specs = trainer.specs()
         self._model_bytes = trainer.model_bytes()
 
@@ -75,6 +76,12 @@ class ThreadedLearner:
 
     def model_bytes(self) -> int:
         return self._model_bytes
+
+
+class ThreadedLearner(TrainerLearner):
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer)
+        self._limiter = trio.CapacityLimiter(1)  # one torch job at a time per peer
 
     async def train(self, count: int) -> int:
         return await trio.to_thread.run_sync(self.trainer.train_steps, count, limiter=self._limiter)

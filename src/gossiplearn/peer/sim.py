@@ -22,9 +22,8 @@ import trio
 from gossiplearn.gossip.merge import apply_merge
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
-from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.learner import Learner, TrainerLearner
 from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.trainer import Trainer
 from gossiplearn.peer.transport import MemoryNetwork
 
 
@@ -103,33 +102,10 @@ class SimLearner(Learner, Protocol):
     def tensors(self) -> Mapping[str, np.ndarray]: ...
 
 
-class InlineLearner:
+class InlineLearner(TrainerLearner):
     """A ``Trainer`` driven in the trio thread: each call runs to completion before it returns,
-    so virtual time does not move while the model trains (the whole simulation is then
-    deterministic for a seed, and as fast as the CPU allows)."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self._specs = trainer.specs()
-        self._model_bytes = trainer.model_bytes()
-
-    @property
-    def samples(self) -> int:
-        return self.trainer.samples
-
-    @property
-    def steps(self) -> int:
-        return self.trainer.steps
-
-    @property
-    def samples_seen(self) -> int:
-        return self.trainer.samples_seen
-
-    def specs(self) -> list[TensorSpec]:
-        return self._specs
-
-    def model_bytes(self) -> int:
-        return self._model_bytes
+    so virtual time does not move while the model trains, and a simulation runs as fast as
+    the CPU allows."""
 
     @property
     def tensors(self) -> dict[str, np.ndarray]:
