@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
+from gossiplearn.gossip import compression
 from gossiplearn.gossip.exchange import (
     InitiatorExchange,
     LocalModel,
@@ -361,3 +362,51 @@ def test_a_fresh_responder_adopts_a_far_older_model_and_the_initiator_keeps_its_
     else:  # adoption off: the usual mass-conserving average
         assert (at_a.kind, at_b.kind) == (MergeKind.AVERAGE, MergeKind.AVERAGE)
         assert (at_a.alpha, at_b.alpha) == (10 / 60, 0.5)
+
+
+@pytest.mark.parametrize("enc", ["fp16", "bf16", "int8"])
+def test_an_encoded_model_is_decoded_into_our_dtypes_before_it_is_merged(enc: str) -> None:
+    ex = responder()
+    ex.receive_propose(propose(samples=300), busy=False)
+    ex.offer(offer(samples=100))
+    values = {"w": np.full((2, 3), 0.75, np.float32), "b": np.full(3, -2.0, np.float32)}
+    encoded = compression.encode(values, enc)
+    assert encoded is not None
+    sent = ModelOffer(
+        local().fingerprint, 300, 7, None, None, encoded.tensors, enc=enc, scales=encoded.scales
+    )
+    merge = ex.receive(decode(encode(sent), limits=Limits()))
+    assert merge.offer.enc is None and merge.offer.scales == ()
+    for name, arr in merge.offer.tensors.items():
+        assert arr.dtype == np.float32
+        np.testing.assert_allclose(arr, values[name], rtol=0.01)
+
+
+INT8_ZEROS = {"w": np.zeros((2, 3), np.int8), "b": np.zeros(3, np.int8)}
+FP16_TRANSPOSED = {"w": np.zeros((3, 2), np.float16), "b": np.zeros(3, np.float16)}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"enc": "fp16"}, "incompatible"),  # float32 arrays claimed to be fp16
+        ({"enc": "int8", "tensors": INT8_ZEROS}, "malformed"),  # no scales
+        ({"scales": (1.0, 1.0)}, "malformed"),  # scales with an exact model
+        ({"enc": "fp16", "tensors": FP16_TRANSPOSED}, "incompatible"),
+    ],
+    ids=["wrong-wire-dtype", "int8-without-scales", "scales-on-exact", "wrong-shape"],
+)
+def test_bad_encoded_models_are_refused(changes: dict[str, object], reason: str) -> None:
+    ex = responder()
+    ex.receive_propose(propose(samples=300), busy=False)
+    ex.offer(offer(samples=100))
+    base = offer(samples=300)
+    bad = ModelOffer(
+        base.fingerprint, 300, 7, None, None,
+        changes.get("tensors", base.tensors),  # type: ignore[arg-type]
+        enc=changes.get("enc"),  # type: ignore[arg-type]
+        scales=changes.get("scales", ()),  # type: ignore[arg-type]
+    )  # fmt: skip
+    with pytest.raises(Refused) as info:
+        ex.receive(bad)
+    assert info.value.reason == reason

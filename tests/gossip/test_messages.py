@@ -286,6 +286,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "acc": st.none() | st.floats() | st.integers(-(2**63), 2**64 - 1),
     "loss": st.none() | st.floats() | st.integers(-(2**63), 2**64 - 1),
     "age": st.none() | st.floats() | st.integers(-(2**63), 2**64 - 1) | st.booleans(),
+    "enc": st.none() | st.sampled_from(["fp16", "bf16", "int8", "x"]) | st.binary(max_size=4),
+    "scales": st.none() | st.lists(st.floats() | st.integers(-3, 3), max_size=4),
     "fresh": st.booleans() | st.none() | st.integers(0, 1),
     "sender": peer_like,
     "peers": st.lists(peer_like, max_size=4),
@@ -387,6 +389,13 @@ HOSTILE = {
     "age as bool": {"age": True},
     "fresh as int": {"fresh": 1},
     "fresh as nil": {"fresh": None},
+    "unknown encoding": {"enc": "zstd"},
+    "encoding as bytes": {"enc": b"fp16"},
+    "scales not a list": {"scales": 1.0},
+    "negative scale": {"scales": [-1.0]},
+    "NaN scale": {"scales": [math.nan]},
+    "infinite scale": {"scales": [math.inf]},
+    "bool scale": {"scales": [True]},
 }
 
 

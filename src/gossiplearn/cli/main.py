@@ -67,6 +67,7 @@ START_FLAGS: dict[str, str] = {
     "discovery_interval": "gossip.discovery_interval",
     "attempts": "gossip.attempts",
     "adopt_ratio": "gossip.adopt_ratio",
+    "compression": "gossip.compression",
     "weight_decay": "training.weight_decay",
     "learning_rate": "training.learning_rate",
     "momentum": "training.momentum",
@@ -112,6 +113,11 @@ START_FLAGS: dict[str, str] = {
 @click.option("--attempts", type=int, help="Neighbours tried per round when they are busy.")
 @click.option(
     "--adopt-ratio", type=float, help="A new peer adopts a model this many times older (0 = off)."
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "fp16", "bf16", "int8"]),
+    help="How our model travels: exact, or fewer bytes at a small accuracy cost.",
 )
 @click.option("--learning-rate", type=float)
 @click.option("--momentum", type=float)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
+from gossiplearn.gossip import compression
 from gossiplearn.gossip.merge import DEFAULT_ADOPT_RATIO, MergeKind, Standing, plan_merge
 from gossiplearn.gossip.messages import (
     Accept,
@@ -85,14 +86,33 @@ def _plan(local: LocalModel, ours: ModelOffer | None, theirs: ModelOffer, ratio:
     return Merge(theirs, plan.alpha, plan.kind)
 
 
-def check_offer(offer: ModelOffer, local: LocalModel) -> None:
-    """Raise ``Refused`` unless ``offer`` has exactly our tensors, all finite."""
+def check_offer(offer: ModelOffer, local: LocalModel) -> ModelOffer:
+    """``offer`` with exactly our tensors, all finite, in our dtypes; raises ``Refused``.
+
+    An encoded offer (``enc``, see ``gossip.compression``) is decoded into our dtypes first:
+    the result is an exact offer of the decoded values, checked like any other."""
     if offer.fingerprint != local.fingerprint:
         raise Refused("incompatible", "model fingerprint differs from ours")
     if offer.tensors.keys() != local.specs.keys():
         missing = sorted(local.specs.keys() - offer.tensors.keys())[:3]
         extra = sorted(offer.tensors.keys() - local.specs.keys())[:3]
         raise Refused("incompatible", f"tensor names differ (missing {missing}, extra {extra})")
+    if offer.enc is not None:
+        for name, arr in offer.tensors.items():
+            if tuple(arr.shape) != local.specs[name].shape:
+                raise Refused(
+                    "incompatible",
+                    f"tensor {name!r} has shape {list(arr.shape)}, "
+                    f"ours is {list(local.specs[name].shape)}",
+                )
+        dtypes = {name: spec.dtype for name, spec in local.specs.items()}
+        try:
+            tensors = compression.decode(offer.tensors, offer.enc, offer.scales, dtypes)
+        except compression.Undecodable as exc:
+            raise Refused(exc.reason, exc.detail) from None
+        offer = replace(offer, tensors=tensors, enc=None, scales=())
+    elif offer.scales:
+        raise Refused("malformed", "scales sent with an exact model")
     for name, arr in offer.tensors.items():
         spec = local.specs[name]
         if tuple(arr.shape) != spec.shape or arr.dtype.name != spec.dtype:
@@ -103,6 +123,7 @@ def check_offer(offer: ModelOffer, local: LocalModel) -> None:
             )
         if not np.isfinite(arr).all():
             raise Refused("non-finite", f"tensor {name!r} holds NaN or Inf")
+    return offer
 
 
 class Phase(enum.Enum):
@@ -160,7 +181,7 @@ class InitiatorExchange(_Offering):
         if self.phase is Phase.AWAITING_MODEL:
             if not isinstance(msg, ModelOffer):
                 raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
-            check_offer(msg, self.local)
+            msg = check_offer(msg, self.local)
             merge = _plan(self.local, self.sent, msg, self.adopt_ratio)
             self.phase = Phase.DONE
             return merge
@@ -213,7 +234,7 @@ class ResponderExchange(_Offering):
             raise LocalProtocolError(f"not awaiting a model ({self.phase.value})")
         if not isinstance(msg, ModelOffer):
             raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
-        check_offer(msg, self.local)
+        msg = check_offer(msg, self.local)
         if self.proposed is not None and msg.samples != self.proposed.samples:
             raise Refused(
                 "inconsistent",

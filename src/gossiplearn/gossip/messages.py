@@ -30,6 +30,14 @@ WIRE_DTYPES: Mapping[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"),
     "float64": np.dtype("<f8"),
 }
+# Only in an encoded offer (``ModelOffer.enc``; ``gossip.compression``): bfloat16 values travel
+# as their 16 bits (decoded as uint16 here), int8 as quantised values with per-offer scales.
+ENCODED_DTYPES: Mapping[str, np.dtype[Any]] = {
+    "bfloat16": np.dtype("<u2"),
+    "int8": np.dtype("i1"),
+}
+ENCODINGS = ("fp16", "bf16", "int8")
+ENCODING_WIRE = {"fp16": "float16", "bf16": "bfloat16", "int8": "int8"}  # each one's wire dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,10 @@ class ModelOffer:
     # averages ages like parameters). Optional on the wire (0 when absent).
     age: float = 0.0
     fresh: bool = False  # the sender has never completed an exchange (a late joiner, say)
+    # A lossy encoding of ``tensors`` (``gossip.compression``), None when exact; int8 carries
+    # one scale per tensor, in ``tensors`` order. Optional on the wire.
+    enc: str | None = None
+    scales: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +167,20 @@ def encode(msg: Message) -> bytes:
                 "steps": msg.steps,
                 "acc": msg.accuracy,
                 "loss": msg.loss,
-                "tensors": [encode_tensor(k, v) for k, v in msg.tensors.items()],
+                "tensors": [
+                    encode_tensor(k, v, wire=ENCODING_WIRE[msg.enc] if msg.enc else None)
+                    for k, v in msg.tensors.items()
+                ],
             }
             # optional, omitted at their defaults (so frames without them stay byte-identical)
             if msg.age:
                 body["age"] = float(msg.age)
             if msg.fresh:
                 body["fresh"] = True
+            if msg.enc is not None:
+                body["enc"] = msg.enc
+            if msg.scales:
+                body["scales"] = [float(x) for x in msg.scales]
         case PeersRequest():
             body |= {"t": "peers?", "sender": _encode_peer(msg.sender)}
         case PeersReply():
@@ -178,10 +197,13 @@ def _wire_name(dtype: np.dtype[Any]) -> str:
     raise TypeError(f"dtype {dtype} cannot be exchanged (only {', '.join(WIRE_DTYPES)})")
 
 
-def encode_tensor(name: str, arr: np.ndarray) -> list[Any]:
-    """``[name, wire dtype, shape, little-endian bytes]``: a tensor as messages carry it."""
-    wire = _wire_name(arr.dtype)
-    data = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[wire]).tobytes()
+def encode_tensor(name: str, arr: np.ndarray, wire: str | None = None) -> list[Any]:
+    """``[name, wire dtype, shape, little-endian bytes]``: a tensor as messages carry it.
+    ``wire`` names the wire dtype of an encoded array (``ENCODING_WIRE``) explicitly."""
+    if wire is None:
+        wire = _wire_name(arr.dtype)
+    dtype = WIRE_DTYPES[wire] if wire in WIRE_DTYPES else ENCODED_DTYPES[wire]
+    data = np.ascontiguousarray(arr, dtype=dtype).tobytes()
     return [name, wire, [int(d) for d in arr.shape], data]
 
 
@@ -266,6 +288,8 @@ def _decode_body(body: Any, limits: Limits) -> Message:
             tensors=tensors,
             age=_age(body),
             fresh=_opt_bool(body, "fresh"),
+            enc=_encoding(body),
+            scales=_scales(body, limits),
         )
     if kind == "peers?":
         return PeersRequest(sender=_decode_peer(body.get("sender"), limits))
@@ -296,6 +320,29 @@ def _text(body: dict[str, Any], key: str, limits: Limits) -> str:
     if len(value) > limits.max_text:
         raise DecodeError(f"field {key!r} longer than {limits.max_text} characters")
     return str(value)
+
+
+def _encoding(body: dict[str, Any]) -> str | None:
+    value = body.get("enc")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in ENCODINGS:
+        raise DecodeError(f"unknown model encoding {value!r}")
+    return value
+
+
+def _scales(body: dict[str, Any], limits: Limits) -> tuple[float, ...]:
+    value = body.get("scales")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > limits.max_tensors:
+        raise DecodeError("field 'scales' must be a list, one number per tensor")
+    out = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x < math.inf:
+            raise DecodeError(f"a scale must be a finite number >= 0, got {x!r}")
+        out.append(float(x))
+    return tuple(out)
 
 
 def _age(body: dict[str, Any]) -> float:
@@ -334,7 +381,7 @@ def decode_tensor(item: Any, limits: Limits) -> tuple[str, np.ndarray]:
     name, wire, shape, data = item
     if not isinstance(name, str) or not 0 < len(name) <= limits.max_name:
         raise DecodeError("tensor name must be a non-empty string within the length limit")
-    if not isinstance(wire, str) or wire not in WIRE_DTYPES:
+    if not isinstance(wire, str) or not (wire in WIRE_DTYPES or wire in ENCODED_DTYPES):
         raise DecodeError(f"tensor {name!r}: unsupported dtype {wire!r}")
     if not isinstance(shape, list) or len(shape) > limits.max_ndim:
         raise DecodeError(
@@ -351,7 +398,7 @@ def decode_tensor(item: Any, limits: Limits) -> tuple[str, np.ndarray]:
         raise DecodeError(f"tensor {name!r}: shape {shape} too large")
     if not isinstance(data, bytes):
         raise DecodeError(f"tensor {name!r}: data must be bytes")
-    dtype = WIRE_DTYPES[wire]
+    dtype = WIRE_DTYPES[wire] if wire in WIRE_DTYPES else ENCODED_DTYPES[wire]
     if len(data) != count * dtype.itemsize:
         raise DecodeError(
             f"tensor {name!r}: {len(data)} bytes of data for shape {shape} of {wire} "

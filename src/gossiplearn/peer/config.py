@@ -22,6 +22,7 @@ from gossiplearn.errors import UserError
 CONFIG_FILE_NAME = "peer.toml"
 HOME_ENV = "GOSSIPLEARN_HOME"
 LR_SCHEDULES = ("constant", "cosine")
+COMPRESSIONS = ("none", "fp16", "bf16", "int8")  # gossip.compression; see gossip/compression.py
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -48,6 +49,7 @@ class GossipConfig:
     discovery_interval: float = 5.0
     attempts: int = 3  # neighbours tried per round when they decline
     adopt_ratio: float = 4.0  # a fresh peer adopts a model this many times older (0 = never)
+    compression: str = "none"  # none | fp16 | bf16 | int8: how our model travels
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,10 @@ _RULES: dict[str, tuple[Any, str]] = {
     "gossip.exchange_timeout": (lambda v: v > 0, "a number of seconds > 0"),
     "gossip.discovery_interval": (lambda v: v > 0, "a number of seconds > 0"),
     "gossip.attempts": (lambda v: v >= 1, "an integer >= 1"),
+    "gossip.compression": (
+        lambda v: v in COMPRESSIONS,
+        "none, fp16, bf16 or int8",
+    ),
     "gossip.adopt_ratio": (
         lambda v: v == 0 or 1 <= v < float("inf"),
         "0 (never adopt) or a number >= 1",
@@ -276,6 +282,8 @@ interval = 1.0               # mean seconds between exchanges we start (jittered
 exchange_timeout = 60.0      # seconds before an exchange in flight is abandoned
 discovery_interval = 5.0     # seconds between peer-exchange requests
 attempts = 3                 # neighbours tried per round when they are busy
+compression = "none"         # how our model travels: none (exact) | fp16 | bf16 | int8 (with
+                             # error feedback); fewer bytes, a small accuracy cost (benchmarks)
 adopt_ratio = 4.0            # a new peer's first exchange adopts a model with this many times
                              # more training than its own, if it does as well on local
                              # validation data (0 = always average)

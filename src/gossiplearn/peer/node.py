@@ -39,6 +39,7 @@ import trio
 
 from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import DecodeError, RemoteProtocolError, TransportError
+from gossiplearn.gossip import compression
 from gossiplearn.gossip.exchange import (
     InitiatorExchange,
     LocalModel,
@@ -143,6 +144,7 @@ class Node:
         self.offences: dict[str, int] = {}
         self._inbound: dict[str, int] = {}
         self._recent: deque[str] = deque(maxlen=RECENT_EXCHANGES)  # partners, newest last
+        self._residual: dict[str, Any] | None = None  # what lossy encodings lost, float32
         self._busy = False
         self._closing = False
         self._idle = trio.Event()
@@ -540,6 +542,7 @@ class Node:
         with trio.fail_after(self.transfer_timeout):
             own_age = self.model_age()
             snapshot = await self.learner.snapshot()
+            encoded = await self._encode(snapshot)
             latest = self.history.latest
             offer = exchange.offer(
                 ModelOffer(
@@ -548,9 +551,11 @@ class Node:
                     steps=self.learner.steps,
                     accuracy=finite(latest.accuracy) if latest else None,
                     loss=finite(latest.loss) if latest else None,
-                    tensors=snapshot,
+                    tensors=encoded.tensors if encoded else snapshot,
                     age=own_age,
                     fresh=self.fresh,
+                    enc=self.config.gossip.compression if encoded else None,
+                    scales=encoded.scales if encoded else (),
                 )
             )
             if self.local.model_bytes > THREAD_THRESHOLD:
@@ -568,6 +573,8 @@ class Node:
                     await framed.send_body(body)
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
+        if encoded is not None:  # sent: what it lost goes into the next one (error feedback)
+            self._residual = encoded.residual
         merge = exchange.receive(received[0])  # structural checks: raises Refused
         assert merge is not None
         theirs = merge.offer.tensors
@@ -603,6 +610,15 @@ class Node:
         if applied.far:  # honest late joiners are far once or twice; a poisoner every time
             await self._offend(peer, "outlier")
         return merge
+
+    async def _encode(self, snapshot: dict[str, Any]) -> compression.Encoded | None:
+        """Our snapshot in the configured lossy encoding, or None to send it exactly."""
+        enc = self.config.gossip.compression
+        if enc == "none":
+            return None
+        if self.local.model_bytes > THREAD_THRESHOLD:
+            return await trio.to_thread.run_sync(compression.encode, snapshot, enc, self._residual)
+        return compression.encode(snapshot, enc, self._residual)
 
     def _over_fair_share(self, peer: str) -> bool:
         """True if ``peer`` took more than its fair share of our recent exchanges.

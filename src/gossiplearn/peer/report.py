@@ -94,6 +94,7 @@ def node_status(node: Node) -> dict[str, Any]:
         "consensus_history": [{"time": t, "distance": d} for t, d in list(node.consensus)[-60:]],
         "bytes_sent": node.bytes_sent,
         "bytes_received": node.bytes_received,
+        "compression": node.config.gossip.compression,
     }
 
 
