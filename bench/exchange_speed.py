@@ -30,24 +30,26 @@ REPEATS = 3
 RAW_BYTES = 256 << 20
 
 
-NODE_CONFIG = NodeConfig(
-    gossip=GossipConfig(exchange_timeout=300.0), training=TrainingConfig(enabled=False)
-)
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
+COMPRESSED = ("fp16", "int8")  # also measured, two processes, sizes from 10M
 
 
-def _node(transport: Libp2pTransport, params: int, seed: int) -> Node:
+def _node(transport: Libp2pTransport, params: int, seed: int, compression: str = "none") -> Node:
     rng = np.random.default_rng(seed)
+    config = NodeConfig(
+        gossip=GossipConfig(exchange_timeout=300.0, compression=compression),
+        training=TrainingConfig(enabled=False),
+    )
     node = Node(transport, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1),
-                NODE_CONFIG)  # fmt: skip
+                config)  # fmt: skip
     transport.set_handler("/gossiplearn/exchange/1.0.0", node._on_exchange)
     return node
 
 
-async def _serve(params: int) -> None:
+async def _serve(params: int, compression: str) -> None:
     """The responder, in a process of its own: prints its address, answers until killed."""
     async with Libp2pTransport.open(Identity.generate(), LISTEN) as transport:
-        _node(transport, params, seed=1)
+        _node(transport, params, seed=1, compression=compression)
         print(transport.addrs()[0], flush=True)
         await trio.sleep_forever()
 
@@ -67,18 +69,20 @@ async def _timed_exchanges(a: Node, peer: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-async def _exchange(params: int, processes: bool) -> float:
+async def _exchange(params: int, processes: bool, compression: str = "none") -> float:
     """Seconds per exchange of ``params`` float32 parameters between two peers, in one process
-    (both sharing a core) or in two."""
+    (both sharing a core) or in two; both send with ``compression``."""
     async with Libp2pTransport.open(Identity.generate(), LISTEN) as ta:
-        a = _node(ta, params, seed=0)
+        a = _node(ta, params, seed=0, compression=compression)
         if not processes:
             async with Libp2pTransport.open(Identity.generate(), LISTEN) as tb:
                 _node(tb, params, seed=1)
                 peer = await ta.connect(tb.addrs()[0])
                 a.view.learn(PeerRecord(peer, tuple(tb.addrs())), trio.current_time())
                 return await _timed_exchanges(a, peer)
-        serve = [sys.executable, "-m", "bench.exchange_speed", "--serve", str(params)]
+        serve = [
+            sys.executable, "-m", "bench.exchange_speed", "--serve", str(params), compression
+        ]  # fmt: skip
         proc = await trio.lowlevel.open_process(serve, stdout=subprocess.PIPE)
         try:
             assert proc.stdout is not None
@@ -147,7 +151,9 @@ def run() -> Section:
             f"float32 models, each peer in a process of its own as deployed (and, for "
             f"comparison, both in one process); median of {REPEATS} exchanges after the "
             "connection is up, each timed until the initiator has applied its merge. "
-            "MB/s of model data = 2 × 4 B × parameters / seconds (both models cross the link)."
+            "MB/s of model data = 2 × 4 B × parameters / seconds (both models cross the link), "
+            "also with a lossy encoding, which puts 2 (fp16) or 1 (int8) bytes a value on the "
+            "wire."
         ),
         header=["what", "parameters", "seconds per exchange", "MB/s"],
     )
@@ -160,6 +166,15 @@ def run() -> Section:
             section.rows.append(
                 [f"gossip exchange, {where}", f"{params:,}", f"{seconds:.2f}", f"{mbps:.1f}"]
             )
+    for compression in COMPRESSED:
+        for params in SIZES[1:]:
+            print(f"  exchange of {params:,} parameters, two processes, {compression} …")
+            seconds = trio.run(_exchange, params, True, compression)
+            mbps = 2 * 4 * params / seconds / 1e6
+            section.rows.append(
+                [f"gossip exchange, two processes, `--compression {compression}`",
+                 f"{params:,}", f"{seconds:.2f}", f"{mbps:.1f}"]
+            )  # fmt: skip
     print("  raw TCP and cipher …", flush=True)
     section.rows.append(
         ["raw trio TCP, loopback, one way", "256 MiB", "", f"{trio.run(_raw_tcp):.0f}"]
@@ -173,4 +188,4 @@ def run() -> Section:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
-    trio.run(_serve, int(sys.argv[2]))
+    trio.run(_serve, int(sys.argv[2]), sys.argv[3])

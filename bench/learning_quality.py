@@ -52,6 +52,7 @@ LOCAL_STEPS = 20  # FedAvg: one round per second of the same training pace
 ROUNDS = STEPS // LOCAL_STEPS
 SAMPLE_EVERY = 2.5  # virtual seconds between measurements of the gossip run
 TARGET = 0.95  # of centralised accuracy
+COMPRESSIONS = ("fp16", "bf16", "int8")  # measured at the largest N, every partition and seed
 TRAINING = TrainingConfig()  # lr 0.05, momentum 0.9, batch 32: what a peer uses by default
 # Gossip peers decay the learning rate to 0 over their steps (``--lr-schedule cosine``), so their
 # models settle together; FedAvg keeps it constant, which measured better for FedAvg (N = 16,
@@ -108,7 +109,9 @@ def _consensus(models: list[dict[str, np.ndarray]]) -> float:
     return statistics.fmean(dists) / norm if norm else 0.0
 
 
-def gossip_curve(n: int, partition: str, seed: int) -> tuple[Curve, float]:
+def gossip_curve(
+    n: int, partition: str, seed: int, compression: str = "none"
+) -> tuple[Curve, float]:
     """The gossip run's measurements, and the exchanges completed per peer."""
     torch.manual_seed(seed)
     trainers = [
@@ -117,7 +120,12 @@ def gossip_curve(n: int, partition: str, seed: int) -> tuple[Curve, float]:
     ]
     learners = [InlineLearner(t) for t in trainers]
     training = replace(GOSSIP_TRAINING, steps_per_second=STEPS_PER_SECOND, eval_interval=30.0)
-    gossip = GossipConfig(interval=GOSSIP_INTERVAL, exchange_timeout=10.0, discovery_interval=2.0)
+    gossip = GossipConfig(
+        interval=GOSSIP_INTERVAL,
+        exchange_timeout=10.0,
+        discovery_interval=2.0,
+        compression=compression,
+    )
     sim = build_simulation(learners, gossip=gossip, training=training, seed=seed, full_view=True)
     curve = Curve()
 
@@ -277,11 +285,18 @@ def _plot(outcomes: list[Outcome], folder: Path) -> list[tuple[str, str]]:
     return images
 
 
+def compressed_final(n: int, partition: str, seed: int, compression: str) -> Point:
+    torch.set_num_threads(1)
+    return gossip_curve(n, partition, seed, compression)[0].final
+
+
 def run(workers: int = 2, images: Path | None = None) -> list[Section]:
     """Every configuration (``workers`` at a time); plots go to ``images`` (if given)."""
     configs = [(n, p, s) for p in PARTITIONS for n in SIZES for s in SEEDS]
+    lossy = [(max(SIZES), p, s, c) for p in PARTITIONS for s in SEEDS for c in COMPRESSIONS]
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         outcomes = list(pool.map(run_config, *zip(*configs, strict=True)))
+        lossy_finals = list(pool.map(compressed_final, *zip(*lossy, strict=True)))
     settings = (
         "In-process simulation (the deployed gossip core on the in-memory transport, virtual "
         f"time), digits MLP, the peer's own `Trainer` for gossip and every baseline. Each peer "
@@ -336,4 +351,35 @@ def run(workers: int = 2, images: Path | None = None) -> list[Section]:
         )
     if images is not None:
         accuracy.images = _plot(outcomes, images)
-    return [accuracy, cost]
+    return [accuracy, cost, _compression_section(outcomes, lossy, lossy_finals)]
+
+
+def _compression_section(
+    outcomes: list[Outcome], lossy: list[tuple[int, str, int, str]], finals: list[Point]
+) -> Section:
+    n = max(SIZES)
+    section = Section(
+        title=f"Compression: the accuracy cost of sending fewer bytes (simulation, N = {n})",
+        command="python -m bench",
+        settings="The gossip runs above, with every peer sending its model in a lossy "
+        "encoding (`gossip.compression`; int8 with error feedback), the same schedule and "
+        f"steps. Mean over {len(SEEDS)} seeds.",
+        header=["partition", "compression", "gossip mean", "gossip worst", "MB per peer",
+                "vs exact"],
+    )  # fmt: skip
+    for partition in PARTITIONS:
+        exact = [o.gossip.final for o in outcomes if (o.n, o.partition) == (n, partition)]
+        base = statistics.fmean(p.mean for p in exact)
+        by_encoding: dict[str, list[Point]] = {c: [] for c in COMPRESSIONS}
+        for (_, p, _, c), final in zip(lossy, finals, strict=True):
+            if p == partition:
+                by_encoding[c].append(final)
+        rows = [("none", exact), *by_encoding.items()]
+        for name, points in rows:
+            mean = statistics.fmean(p.mean for p in points)
+            section.rows.append(
+                [partition, name, _pct(mean), _pct(statistics.fmean(p.worst for p in points)),
+                 _mb(statistics.fmean(p.traffic for p in points)),
+                 "—" if name == "none" else f"{100 * (mean - base):+.1f} points"]
+            )  # fmt: skip
+    return section
