@@ -64,6 +64,7 @@ class DemoSettings:
     keep: bool = False
     steps_per_second: float = 25.0
     gossip_interval: float = 0.3
+    compression: str = "none"  # gossip.compression of every peer
     # training stops after this share of the run; the rest is averaging only, so the peers'
     # models meet (consensus) before they are saved
     train_share: float = 0.85
@@ -106,6 +107,7 @@ def _start_peer(
         "--steps-per-second", str(s.steps_per_second),
         "--max-steps", str(s.max_steps),
         "--gossip-interval", str(s.gossip_interval),
+        "--compression", s.compression,
         "--learning-rate", str(s.training.learning_rate),
         "--batch-size", str(s.training.batch_size),
         "--lr-schedule", s.training.lr_schedule,
