@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.report import Section
 from gossiplearn.demo.runner import DemoSettings, run_demo
 
 
 def run() -> Section:
+    return section(run_demo(DemoSettings()))
+
+
+def section(summary: dict[str, Any]) -> Section:
+    """The table for one demo run with the default settings (``summary`` from ``run_demo``)."""
     settings = DemoSettings()
-    summary = run_demo(settings)
     section = Section(
         title="Demo: 6 peer processes, digits, dirichlet:0.5",
         command="gossiplearn demo",
