@@ -27,6 +27,7 @@ from gossiplearn.peer.sim import VectorLearner
 
 SIZES = (1_000_000, 10_000_000, 50_000_000)
 REPEATS = 3
+MAX_FAILURES = 3  # failed exchanges retried per measurement before the benchmark gives up
 RAW_BYTES = 256 << 20
 
 
@@ -57,12 +58,22 @@ async def _serve(params: int, compression: str) -> None:
 async def _timed_exchanges(a: Node, peer: str) -> float:
     """Median seconds per exchange that ``a`` starts with ``peer`` (waiting out a busy reply:
     the responder may still be applying the previous merge)."""
-    times = []
+    times: list[float] = []
+    failures = 0
+    entry = a.view.get(peer)
+    assert entry is not None
+    record = PeerRecord(peer, entry.addrs)
     while len(times) < REPEATS:
         start = time.perf_counter()
         outcome = await a.initiate(peer)
         if outcome == "declined":
             await trio.sleep(0.05)
+            continue
+        if outcome == "failed" and failures < MAX_FAILURES:
+            # a rare transport hiccup (seen once in many runs) is retried, not timed, and said
+            failures += 1
+            print(f"    an exchange failed; retrying ({failures} of {MAX_FAILURES})", flush=True)
+            a.view.learn(record, trio.current_time())  # redial it at once
             continue
         assert outcome == "completed", outcome
         times.append(time.perf_counter() - start)
