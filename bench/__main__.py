@@ -60,4 +60,5 @@ def main() -> None:
     print(f"wrote {OUT} ({total:.0f} s)")
 
 
-main()
+if __name__ == "__main__":
+    main()
