@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn
+from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection, ISecureConn
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -34,6 +36,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils.address_validation import expand_wildcard_address
@@ -46,6 +49,7 @@ from gossiplearn.peer.transport import Gate, Handler, Stream, open_gate
 log = logging.getLogger(__name__)
 
 ADDR_TTL = 3600  # seconds a learnt address stays in libp2p's peerstore
+PENDING_CONTROL_FRAMES = 1024  # frames the yamux reader may queue before it waits to write
 
 
 class _RootNoise(logging.Filter):
@@ -97,6 +101,86 @@ class _GatedNoise(NoiseTransport):
             except Exception:
                 log.debug("closing refused connection from %s failed", remote, exc_info=True)
         raise HandshakeFailure(f"peer {remote} refused: {reason}")
+
+
+class _Yamux(Yamux):
+    """py-libp2p 0.8.1's yamux, except that its reader never waits to write.
+
+    Upstream, the task that reads the connection answers a ping (and acknowledges a new stream)
+    inline, under the connection's write lock. When both sides send a large message at once
+    and both receive a ping (each side pings 0.5 s after connecting, then every 30 s), each
+    reader waits for a lock held by a writer that waits for the other side's reader: the
+    connection deadlocks for good (docs/libp2p-notes.md, section 13). Here the frames the reader
+    writes are queued (in order) and written by a task of their own; any other write takes the
+    queue first, so a stream's acknowledgement still precedes its data.
+    """
+
+    def __init__(
+        self,
+        secured_conn: ISecureConn,
+        peer_id: ID,
+        is_initiator: bool | None = None,
+        on_close: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        super().__init__(secured_conn, peer_id, is_initiator, on_close)
+        self._reader: trio.lowlevel.Task | None = None
+        self._pending: deque[bytes] = deque()
+        self._flushing = False
+
+    async def handle_incoming(self) -> None:
+        self._reader = trio.lowlevel.current_task()
+        await super().handle_incoming()
+
+    async def _write_frame(self, data: bytes) -> None:
+        reader = trio.lowlevel.current_task() is self._reader
+        if reader and self._nursery is not None and len(self._pending) < PENDING_CONTROL_FRAMES:
+            self._pending.append(data)
+            if not self._flushing:
+                self._flushing = True
+                self._nursery.start_soon(self._flush)
+            return
+        async with self._write_lock:
+            await self._write_pending()
+            await self.secured_conn.write(data)
+        await trio.lowlevel.checkpoint()
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            await self.secured_conn.write(self._pending.popleft())
+
+    async def _flush(self) -> None:
+        try:
+            async with self._write_lock:
+                await self._write_pending()
+        except Exception:  # the connection broke; its reader finds out itself
+            log.debug("yamux control frames to %s not written", self.peer_id, exc_info=True)
+            self._pending.clear()
+        finally:
+            self._flushing = False
+
+
+class _Muxers(MuxerMultistream):
+    """Negotiates the muxer as upstream does, then builds our ``_Yamux``: py-libp2p 0.8.1 builds
+    its own ``Yamux`` for ``/yamux/1.0.0`` whatever class ``muxer_opt`` names."""
+
+    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
+        protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
+        if protocol != YAMUX_PROTOCOL_ID:  # we offer nothing else
+            raise HandshakeFailure(f"peer {peer_id} negotiated muxer {protocol}, not yamux")
+        muxed = _Yamux(conn, peer_id, is_initiator=conn.is_initiator)
+        return self._annotate_connection(muxed, conn, protocol)
+
+
+def _install_muxer(host: IHost) -> None:
+    """Make ``host`` build ``_Yamux`` connections (see ``_Muxers``)."""
+    upgrader = host.get_network().upgrader  # type: ignore[attr-defined]
+    current = upgrader.muxer_multistream
+    if type(current) is not MuxerMultistream:  # a py-libp2p upgrade moved things: say so
+        raise RuntimeError(f"unexpected libp2p muxer negotiation {type(current)!r}")
+    upgrader.muxer_multistream = _Muxers(
+        {YAMUX_PROTOCOL_ID: _Yamux},  # type: ignore[dict-item]
+        current.negotiate_timeout,
+    )
 
 
 class _GateHolder:
@@ -229,7 +313,7 @@ class Libp2pTransport:
         host = new_host(
             key_pair=kp,
             sec_opt={NOISE_PROTOCOL_ID: _GatedNoise(kp, holder)},
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},  # type: ignore[dict-item]
+            muxer_opt={YAMUX_PROTOCOL_ID: _Yamux},  # type: ignore[dict-item]
             psk=consortium_key.hex if consortium_key is not None else None,
             listen_addrs=addrs,
             connection_config=ConnectionConfig(
@@ -240,6 +324,7 @@ class Libp2pTransport:
         )
         if str(host.get_id()) != identity.peer_id:  # our derivation must match libp2p's
             raise AssertionError("peer ID derivation disagrees with libp2p")
+        _install_muxer(host)
         try:
             async with host.run(listen_addrs=addrs):
                 transport = cls(host, dial_timeout, holder)
