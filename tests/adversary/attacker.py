@@ -137,8 +137,10 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def propose_body(fp: bytes, n: int, mb: int) -> bytes:
-    return pack({"v": 1, "t": "propose", "fp": fp, "n": n, "mb": mb})
+def propose_body(fp: bytes, n: int, mb: int, task: bytes | None = None) -> bytes:
+    """A proposal; ``task`` defaults to the task digest an honest peer with a model of
+    fingerprint ``fp`` sends (``task_of``)."""
+    return pack({"v": 1, "t": "propose", "fp": fp, "n": n, "mb": mb, "task": task or task_of(fp)})
 
 
 WireTensor = tuple[str, str, Sequence[int], bytes]
@@ -152,11 +154,13 @@ def offer_body(
     steps: int = 0,
     acc: float | None = None,
     loss: float | None = None,
+    task: bytes | None = None,
 ) -> bytes:
     return pack(
         {
             "v": 1,
             "t": "model",
+            "task": task or task_of(fp),
             "fp": fp,
             "n": n,
             "steps": steps,
@@ -210,6 +214,38 @@ def _canon(obj: Any) -> bytes:
     raise TypeError(f"cannot canonically encode {obj!r}")
 
 
+def task_digest(identity: Any) -> bytes:
+    """SHA-256 of a task identity in canonical msgpack: maps as [key, value] pairs sorted by
+    key (docs/protocol.md §5.5)."""
+
+    def canon(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return [[k, canon(obj[k])] for k in sorted(obj)]
+        if isinstance(obj, list):
+            return [canon(v) for v in obj]
+        return obj
+
+    return hashlib.sha256(_canon(canon(identity))).digest()
+
+
+def digits_task(hidden: int = 64) -> bytes:
+    """The digest of the built-in digits task's identity (§5.5): honest digits peers send it
+    in every proposal and model."""
+    return task_digest(
+        {"task": "digits", "version": 1, "model": {"kind": "mlp", "hidden": [hidden]}}
+    )
+
+
+DIGITS_TASK = digits_task()
+_TASKS: dict[bytes, bytes] = {}  # model fingerprint → task digest, learnt from templates
+
+
+def task_of(fp: bytes) -> bytes:
+    """The task digest that goes with a model fingerprint (a template's, once computed; the
+    default digits task otherwise)."""
+    return _TASKS.get(fp, DIGITS_TASK)
+
+
 # ------------------------------------------------------------------------------------ template
 
 
@@ -231,9 +267,19 @@ class Template:
         return cls.from_specs((n, dt, s) for n, dt, s, _ in wire_tensors(tensors))
 
     def fingerprint(self) -> bytes:
-        """SHA-256 of the canonical msgpack of the sorted [name, dtype, shape] triples (§5.4)."""
+        """SHA-256 of the canonical msgpack of the sorted [name, dtype, shape] triples (§5.4).
+        Remembers the template's task digest for that fingerprint (``task_of``)."""
         canon = sorted(([n, d, list(s)] for n, d, s in self.specs), key=lambda e: e[0])
-        return hashlib.sha256(_canon(canon)).digest()
+        fp = hashlib.sha256(_canon(canon)).digest()
+        _TASKS[fp] = self.task
+        return fp
+
+    @property
+    def task(self) -> bytes:
+        """The task digest of a digits MLP with this template's hidden width."""
+        shapes = {n: s for n, _, s in self.specs}
+        hidden = shapes.get("0.weight", (64, 64))[0]
+        return digits_task(hidden)
 
     def model_bytes(self) -> int:
         """The honest ``mb`` estimate (§6.2), so that a Propose looks like an honest one."""
@@ -1038,6 +1084,8 @@ class Attacker:
         if propose is None or propose.get("t") != "propose":
             out.error = out.error or "no propose"
             return
+        if isinstance(propose.get("fp"), bytes) and isinstance(propose.get("task"), bytes):
+            _TASKS[propose["fp"]] = propose["task"]  # answer as a peer of the proposer's task
         if not await wire.write(frame(pack({"v": 1, "t": "accept"}))):
             return
         out.answer = "accept"

@@ -19,7 +19,15 @@ import attacker
 import numpy as np
 import pytest
 import trio
-from attacker import ATTACKS, DIGITS_TEMPLATE, Attacker, AttackFailed, Outcome, Template
+from attacker import (
+    ATTACKS,
+    DIGITS_TASK,
+    DIGITS_TEMPLATE,
+    Attacker,
+    AttackFailed,
+    Outcome,
+    Template,
+)
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.gossip.messages import fingerprint
@@ -28,7 +36,8 @@ from gossiplearn.peer.host import Libp2pTransport
 from gossiplearn.peer.learner import ThreadedLearner
 from gossiplearn.peer.node import Node, NodeConfig
 from gossiplearn.peer.trainer import Trainer
-from gossiplearn.tasks.base import TaskOptions
+from gossiplearn.tasks.base import TaskOptions, task_identity
+from gossiplearn.tasks.contract import identity_digest
 from gossiplearn.tasks.digits import make_task
 
 TRAINING = TrainingConfig(enabled=False, eval_interval=60.0)
@@ -92,6 +101,9 @@ def test_template_fingerprint_is_the_specified_one() -> None:
         "dc1cd007ad2525616dcfe9761705f2300e15e80c995d9eb65d3df81d93571b60"
     )
     assert DIGITS_TEMPLATE.model_bytes() == 19834  # §12.2
+    # the digits task's identity digest, computed independently of gossiplearn (§5.5)
+    trainer_task = make_task(TaskOptions())
+    assert identity_digest(task_identity(trainer_task, trainer_task.build_model())) == DIGITS_TASK
     trainer = Trainer(
         make_task(TaskOptions(seed=0, shard=(1, 2), partition="iid", params={"hidden": 16})),
         TRAINING,

@@ -99,7 +99,7 @@ async def test_three_libp2p_peers_converge_to_the_exact_weighted_average() -> No
         assert all(len(node.view) == 2 for node, _ in nodes)  # peer exchange found the third
 
 
-async def test_a_peer_with_another_architecture_is_refused_with_a_clear_log_line(
+async def test_a_peer_with_another_task_is_refused_with_a_clear_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="gossiplearn")
@@ -112,8 +112,12 @@ async def test_a_peer_with_another_architecture_is_refused_with_a_clear_log_line
             while nodes[2][0].counters.declined == 0 or nodes[0][0].counters.completed == 0:
                 await trio.sleep(0.2)
         after = nodes[2][1].snapshot()
+        incompatible = nodes[2][0].status()["incompatible"]
     assert all(np.array_equal(before[k], after[k]) for k in before)  # never merged
-    assert any("incompatible model" in r.getMessage() for r in caplog.records)
+    # another width is another task identity: refused before any model is sent, with both
+    # digests named in the log and the status
+    assert any("task contract differs (ours" in r.getMessage() for r in caplog.records)
+    assert incompatible and "task contract differs (ours" in incompatible[0]["detail"]
 
 
 async def test_training_runs_in_a_thread_and_accuracy_improves_with_gossip() -> None:

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     assert cfg.gossip.attempts == 3
     assert cfg.training.enabled is True
     assert cfg.training.batch_size == 32
-    assert (cfg.task.name, cfg.task.shard, cfg.task.partition) == ("digits", "1/1", "iid")
+    assert (cfg.task.name, cfg.task.shard, cfg.task.partition) == ("", "1/1", "iid")
     assert cfg.task.params == {}
 
 

@@ -85,8 +85,7 @@ START_FLAGS: dict[str, str] = {
     "seed": "task.seed",
     "validation_fraction": "task.validation_fraction",
     "data": "task.data",
-    "target": "task.target",
-    "model": "task.model",
+    "contract": "task.contract",
     "consortium_key": "security.consortium_key",
     "screening": "security.screening",
     "max_norm_ratio": "security.max_norm_ratio",
@@ -138,14 +137,25 @@ START_FLAGS: dict[str, str] = {
 @click.option(
     "--checkpoint-interval", type=float, help="Seconds between checkpoints (0 = at shutdown only)."
 )
-@click.option("--task", help="digits | tabular | package.module:function")
+@click.option(
+    "--task",
+    help="digits | tabular | package.module:function (default: tabular with --contract, "
+    "else digits).",
+)
 @click.option("--shard", help="digits: this member's shard I/N.")
 @click.option("--partition", help="digits: iid | dirichlet:ALPHA.")
 @click.option("--seed", type=int, help="Data seed, the same on every member.")
 @click.option("--validation-fraction", type=float, help="Share of local data held out.")
-@click.option("--data", help="tabular: CSV file.")
-@click.option("--target", help="tabular: class-label column.")
-@click.option("--model", help="tabular: logistic | mlp.")
+@click.option(
+    "--contract",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="tabular: the task contract every member shares (gossiplearn task init).",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="tabular: this member's data (CSV or Parquet).",
+)
 @click.option(
     "--consortium-key",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -173,8 +183,9 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
     from gossiplearn.peer.node import Node
 
     _setup_logging(log_level)
-    if flags.get("consortium_key") is not None:  # relative to where the command runs
-        flags["consortium_key"] = str(Path(flags["consortium_key"]).expanduser().resolve())
+    for name in ("consortium_key", "contract", "data"):  # relative to where the command runs
+        if flags.get(name) is not None:
+            flags[name] = str(Path(flags[name]).expanduser().resolve())
     overrides = {START_FLAGS[k]: v for k, v in flags.items() if v not in (None, ())}
     resolved = resolve_home(home)
 
@@ -235,6 +246,191 @@ def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> No
         _fail(exc)
     except KeyboardInterrupt:
         pass
+
+
+@cli.group()
+def task() -> None:
+    """Make the task contract every member shares."""
+
+
+@task.command("init")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A sample of the data (CSV or Parquet) to infer the columns from.",
+)
+@click.option("--target", required=True, help="The column to predict.")
+@click.option(
+    "--kind",
+    type=click.Choice(["classification", "regression"]),
+    help="Default: classification for text or few whole numbers, else regression.",
+)
+@click.option(
+    "--model",
+    type=click.Choice(["linear", "logistic", "mlp"]),
+    default="linear",
+    show_default=True,
+    help="linear (logistic regression for classes) or mlp.",
+)
+@click.option(
+    "--hidden", default="64", show_default=True, help="mlp: hidden widths, comma-separated."
+)
+@click.option("--name", help="A name for the task (default: the sample file's name).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the contract (never overwritten).",
+)
+def task_init(  # noqa: PLR0917 - click passes each option
+    data: Path,
+    target: str,
+    kind: str | None,
+    model: str,
+    hidden: str,
+    name: str | None,
+    out: Path,
+) -> None:
+    """Draft a task contract from a sample of the data, to review and share with every member.
+
+    Infers each column's kind (numeric, or categorical with the values seen), the target's kind
+    and classes, and writes a commented TOML file. Review it, add classes or categories other
+    members hold, and give the same file to every member (`start --contract FILE`).
+    """
+    from gossiplearn.tasks.contract import ModelSpec, load_contract, render_contract
+    from gossiplearn.tasks.records import infer_contract, read_table
+
+    try:
+        widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+        if not widths or min(widths) < 1:
+            raise ValueError
+    except ValueError:
+        _fail(UserError(f"--hidden {hidden!r} is not valid: use widths like 64 or 128,64"))
+        return
+    kind_model = "linear" if model == "logistic" else model
+    try:
+        if out.exists():
+            raise UserError(f"{out} exists; choose another --out (a contract is never overwritten)")
+        table = read_table(data)
+        contract, notes = infer_contract(
+            table,
+            target,
+            name=name or data.stem,
+            kind=kind,
+            model=ModelSpec(kind_model, widths if kind_model == "mlp" else ()),
+        )
+        text = render_contract(
+            contract, header=[f"Made by `gossiplearn task init` from {data.name}."], notes=notes
+        )
+        out.write_text(text, encoding="utf-8")
+        load_contract(out)  # what members will read must load
+    except UserError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(UserError(f"cannot write {out}: {exc.strerror or exc}"))
+        return
+    click.echo(f"task contract written to {out}: {contract.describe()}")
+    click.echo(f"contract hash {contract.digest.hex()[:12]}")
+    for note in notes[1:]:
+        click.echo(f"  note: {note}")
+    click.echo("review it, then give every member the same file: gossiplearn start --contract FILE")
+
+
+def _open_model(home: Path | None, contract: Path | None) -> Any:
+    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.usage import open_model
+
+    overrides = {"task.contract": str(contract.expanduser().resolve())} if contract else {}
+    return trio.run(open_model, resolve_home(home), overrides)
+
+
+CONTRACT_HELP = "Task contract to read the data with (default: the home's [task] contract)."
+
+
+@cli.command()
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labelled records (CSV or Parquet) to score the model on.",
+)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+@click.option("--contract", type=click.Path(dir_okay=False, path_type=Path), help=CONTRACT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(data: Path, home: Path | None, contract: Path | None, as_json: bool) -> None:
+    """Score the peer's model on labelled records: accuracy, per-class precision, recall and
+    F1 and the confusion matrix, or RMSE, MAE and R². Uses the running peer's latest model
+    (without disturbing it), else the model a stopped peer saved."""
+    from gossiplearn.cli.render import render_evaluation
+    from gossiplearn.peer.usage import evaluate as run_evaluate
+
+    try:
+        report = run_evaluate(_open_model(home, contract), data)
+    except UserError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(render_evaluation(report))
+
+
+@cli.command()
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Records (CSV or Parquet) to predict; the target column may be absent.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV to write: row, prediction and (classification) one probability per class.",
+)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+@click.option("--contract", type=click.Path(dir_okay=False, path_type=Path), help=CONTRACT_HELP)
+def predict(data: Path, out: Path, home: Path | None, contract: Path | None) -> None:
+    """Predict raw records with the peer's model (preprocessing applied from the model)."""
+    from gossiplearn.peer.usage import predict as run_predict
+
+    try:
+        usable = _open_model(home, contract)
+        rows = run_predict(usable, data, out)
+    except UserError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{rows} predictions written to {out} (model: {usable.source})")
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["onnx", "safetensors"]),
+    help="onnx: a graph with the preprocessing inside, to serve without gossiplearn; "
+    "safetensors: the weights, with the contract and statistics as metadata.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
+@click.option("--contract", type=click.Path(dir_okay=False, path_type=Path), help=CONTRACT_HELP)
+def export(fmt: str, out: Path, home: Path | None, contract: Path | None) -> None:
+    """Export the peer's model (the running peer's latest, else the saved one)."""
+    from gossiplearn.tasks.export import export_onnx, export_safetensors
+
+    try:
+        usable = _open_model(home, contract)
+        write = export_onnx if fmt == "onnx" else export_safetensors
+        write(usable.task, usable.model, usable.stats, out)
+    except UserError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{fmt} model written to {out} (model: {usable.source}, {usable.steps} steps)")
 
 
 @cli.group()

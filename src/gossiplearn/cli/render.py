@@ -61,13 +61,25 @@ def render_status(s: dict[str, Any]) -> Group:
     head.add_row("uptime", _duration(s.get("uptime", 0.0)))
     if s.get("task"):
         head.add_row("task", f"{s['task']} ({s.get('samples', 0)} local training samples)")
+    if s.get("contract"):
+        head.add_row("contract", s["contract"][:12])
     m = s["metrics"]
     trend = m.get("trend", {})
-    head.add_row(
-        "accuracy",
-        f"{_pct(m.get('accuracy'))}  {_trend(trend.get('accuracy'), True)}  (local validation)",
-    )
+    if s.get("task_kind") == "regression":
+        head.add_row(
+            "fit",
+            f"RMSE {_num(m.get('rmse'), '.4g')}, MAE {_num(m.get('mae'), '.4g')}, "
+            f"R² {_num(m.get('r2'), '.3f')}  (local validation)",
+        )
+    else:
+        head.add_row(
+            "accuracy",
+            f"{_pct(m.get('accuracy'))}  {_trend(trend.get('accuracy'), True)}  (local validation)",
+        )
     head.add_row("loss", f"{_num(m.get('loss'))}  {_trend(trend.get('loss'), False)}")
+    stats = s.get("statistics")
+    if stats:
+        head.add_row("statistics", _statistics_row(stats))
     cd = s.get("consensus_distance")
     cd10 = s.get("consensus_distance_mean10")
     head.add_row(
@@ -89,6 +101,9 @@ def render_status(s: dict[str, Any]) -> Group:
         + (f" ({refused})" if refused else "")
         + f"; we declined {e.get('declined_inbound', 0)} while busy",
     )
+    for item in s.get("incompatible") or []:
+        who = item.get("name") or "…" + item["peer_id"][-12:]
+        head.add_row("incompatible", f"[red]{who}: {item['detail']}[/]")
     if e.get("adopted") or e.get("seeded"):
         head.add_row(
             "late joiners",
@@ -130,6 +145,52 @@ def render_status(s: dict[str, Any]) -> Group:
             state,
         )
     return Group(head, Text(""), nb)
+
+
+def _statistics_row(stats: dict[str, Any]) -> str:
+    """The consortium statistics in one line: a few columns' means and deviations."""
+    parts = []
+    for name, col in list((stats.get("columns") or {}).items())[:3]:
+        if "mean" in col:
+            parts.append(f"{name} {col['mean']:.4g}±{col['std']:.3g}")
+    more = len(stats.get("columns") or {}) - len(parts)
+    text = "consortium-wide (gossip): " + ", ".join(parts) + (f", +{more} columns" if more else "")
+    target = stats.get("target")
+    if target:
+        text += f"; target {target['mean']:.4g}±{target['std']:.3g}"
+    return text
+
+
+def render_evaluation(r: dict[str, Any]) -> Group:
+    """``gossiplearn evaluate``'s report, for people."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("data", f"{r['data']} ({r['read']})")
+    head.add_row("model", f"{r['model']} ({r['steps']} steps)")
+    if r["kind"] == "regression":
+        r2 = r.get("r2")
+        head.add_row("RMSE", f"{r['rmse']:.6g}")
+        head.add_row("MAE", f"{r['mae']:.6g}")
+        head.add_row("R²", "—" if r2 is None else f"{r2:.4f}")
+        return Group(head)
+    head.add_row("accuracy", f"{_pct(r['accuracy'])} of {r['rows']} rows")
+    head.add_row("macro F1", f"{r['macro_f1']:.4f}")
+    per = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for name, c in r["classes"].items():
+        per.add_row(
+            name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])
+        )
+    labels = r["confusion"]["labels"]
+    cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    for name in labels:
+        cm.add_column(name, justify="right")
+    for name, row in zip(labels, r["confusion"]["matrix"], strict=True):
+        cm.add_row(name, *(str(v) for v in row))
+    return Group(head, Text(""), per, Text(""), cm)
 
 
 def _counts(d: dict[str, int]) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
-from gossiplearn.gossip import compression
+from gossiplearn.gossip import aggregate, compression
 from gossiplearn.gossip.merge import DEFAULT_ADOPT_RATIO, MergeKind, Standing, plan_merge
 from gossiplearn.gossip.messages import (
     Accept,
@@ -37,6 +37,7 @@ from gossiplearn.gossip.messages import (
     Propose,
     TensorSpec,
     fingerprint,
+    short_digest,
 )
 
 
@@ -56,14 +57,27 @@ class LocalModel:
     specs: Mapping[str, TensorSpec]
     samples: int
     model_bytes: int  # upper bound on our encoded ModelOffer, in bytes
+    task: bytes = b""  # our task identity's digest: peers with another one never merge
+    stats: aggregate.SumsLayout | None = None  # our statistics' layout, if the task has them
 
     @property
     def fingerprint(self) -> bytes:
         return fingerprint(self.specs.values())
 
     @staticmethod
-    def of(specs: list[TensorSpec], samples: int, model_bytes: int) -> LocalModel:
-        return LocalModel({s.name: s for s in specs}, samples, model_bytes)
+    def of(
+        specs: list[TensorSpec],
+        samples: int,
+        model_bytes: int,
+        task: bytes = b"",
+        stats: aggregate.SumsLayout | None = None,
+    ) -> LocalModel:
+        return LocalModel({s.name: s for s in specs}, samples, model_bytes, task, stats)
+
+
+def task_mismatch(ours: bytes, theirs: bytes) -> str:
+    """The refusal text for a peer with another task identity (contract)."""
+    return f"task contract differs (ours {short_digest(ours)}, theirs {short_digest(theirs)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +104,10 @@ def check_offer(offer: ModelOffer, local: LocalModel) -> ModelOffer:
     """``offer`` with exactly our tensors, all finite, in our dtypes; raises ``Refused``.
 
     An encoded offer (``enc``, see ``gossip.compression``) is decoded into our dtypes first:
-    the result is an exact offer of the decoded values, checked like any other."""
+    the result is an exact offer of the decoded values, checked like any other. Statistics
+    (``gossip.aggregate``) must be present exactly when our task has them, and valid sums."""
+    if offer.task != local.task:
+        raise Refused("incompatible", task_mismatch(local.task, offer.task))
     if offer.fingerprint != local.fingerprint:
         raise Refused("incompatible", "model fingerprint differs from ours")
     if offer.tensors.keys() != local.specs.keys():
@@ -113,6 +130,16 @@ def check_offer(offer: ModelOffer, local: LocalModel) -> ModelOffer:
         offer = replace(offer, tensors=tensors, enc=None, scales=())
     elif offer.scales:
         raise Refused("malformed", "scales sent with an exact model")
+    if local.stats is None:
+        if offer.stats is not None:
+            raise Refused("incompatible", "statistics sent for a task without them")
+    elif offer.stats is None:
+        raise Refused("incompatible", "no statistics sent; our task needs them")
+    else:
+        try:
+            aggregate.check(offer.stats, local.stats)
+        except aggregate.BadStatistics as exc:
+            raise Refused("statistics", str(exc)) from None
     for name, arr in offer.tensors.items():
         spec = local.specs[name]
         if tuple(arr.shape) != spec.shape or arr.dtype.name != spec.dtype:
@@ -161,7 +188,9 @@ class InitiatorExchange(_Offering):
         self.sent = None
 
     def propose(self) -> Propose:
-        return Propose(self.local.fingerprint, self.local.samples, self.local.model_bytes)
+        return Propose(
+            self.local.fingerprint, self.local.samples, self.local.model_bytes, self.local.task
+        )
 
     def receive(self, msg: Message) -> Merge | None:
         """Feed one message. Returns a ``Merge`` when the exchange completes, else None.
@@ -217,6 +246,10 @@ class ResponderExchange(_Offering):
         answer: Accept | Decline
         if closing:
             answer = Decline("closing")
+        elif msg.task != self.local.task:
+            answer = Decline(
+                "incompatible", task_mismatch(self.local.task, msg.task), task=self.local.task
+            )
         elif msg.fingerprint != self.local.fingerprint:
             answer = Decline("incompatible", "model fingerprint differs (names, shapes or dtypes)")
         elif msg.model_bytes > self.max_model_bytes:

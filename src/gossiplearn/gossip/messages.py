@@ -68,6 +68,15 @@ def fingerprint(specs: Iterable[TensorSpec]) -> bytes:
     return hashlib.sha256(msgpack.packb(canon, use_bin_type=True)).digest()
 
 
+def short_digest(digest: bytes) -> str:
+    """The first 12 hex digits of a digest, as logs and status show it (``none`` if empty)."""
+    return digest.hex()[:12] if digest else "none"
+
+
+MAX_DIGEST = 64  # bytes of a task digest on the wire (SHA-256 uses 32)
+STATS_NAME = "stats"  # the statistics vector travels as a float64 tensor of this name
+
+
 def specs_of(tensors: Mapping[str, np.ndarray]) -> list[TensorSpec]:
     """Tensor specs of a name → array mapping (dtype by wire name)."""
     out = []
@@ -78,11 +87,14 @@ def specs_of(tensors: Mapping[str, np.ndarray]) -> list[TensorSpec]:
 
 @dataclass(frozen=True, slots=True)
 class Propose:
-    """Initiator → responder: "may we exchange?" Small, so a busy peer declines cheaply."""
+    """Initiator → responder: "may we exchange?" Small, so a busy peer declines cheaply.
+    ``task``: the digest of the initiator's task identity (its task contract); optional on the
+    wire, and a peer refuses a proposal whose digest differs from its own."""
 
     fingerprint: bytes
     samples: int
     model_bytes: int
+    task: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +104,12 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Decline:
-    """Responder → initiator: no exchange now. ``reason`` is one of ``DECLINE_REASONS``."""
+    """Responder → initiator: no exchange now. ``reason`` is one of ``DECLINE_REASONS``;
+    ``task`` is the responder's task digest (optional; sent with ``incompatible``)."""
 
     reason: str
     detail: str = ""
+    task: bytes = b""
 
 
 DECLINE_REASONS = frozenset({"busy", "incompatible", "closing"})
@@ -119,6 +133,10 @@ class ModelOffer:
     # one scale per tensor, in ``tensors`` order. Optional on the wire.
     enc: str | None = None
     scales: tuple[float, ...] = ()
+    task: bytes = b""  # the sender's task digest (see ``Propose``); optional on the wire
+    # The sender's consortium statistics (``gossip.aggregate``): sums as float64, for tasks
+    # whose preprocessing uses them. Optional on the wire.
+    stats: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +173,14 @@ def encode(msg: Message) -> bytes:
     match msg:
         case Propose():
             body |= {"t": "propose", "fp": msg.fingerprint, "n": msg.samples, "mb": msg.model_bytes}
+            if msg.task:
+                body["task"] = msg.task
         case Accept():
             body |= {"t": "accept"}
         case Decline():
             body |= {"t": "decline", "reason": msg.reason, "detail": msg.detail}
+            if msg.task:
+                body["task"] = msg.task
         case ModelOffer():
             body |= {
                 "t": "model",
@@ -181,6 +203,10 @@ def encode(msg: Message) -> bytes:
                 body["enc"] = msg.enc
             if msg.scales:
                 body["scales"] = [float(x) for x in msg.scales]
+            if msg.task:
+                body["task"] = msg.task
+            if msg.stats is not None:
+                body["stats"] = encode_tensor(STATS_NAME, np.asarray(msg.stats, dtype="<f8"))
         case PeersRequest():
             body |= {"t": "peers?", "sender": _encode_peer(msg.sender)}
         case PeersReply():
@@ -261,6 +287,7 @@ def _decode_body(body: Any, limits: Limits) -> Message:
             fingerprint=_get(body, "fp", bytes),
             samples=_count(body, "n"),
             model_bytes=_count(body, "mb"),
+            task=_digest(body),
         )
     if kind == "accept":
         return Accept()
@@ -268,7 +295,7 @@ def _decode_body(body: Any, limits: Limits) -> Message:
         reason = _get(body, "reason", str)
         if reason not in DECLINE_REASONS:
             raise DecodeError(f"unknown decline reason {reason!r}")
-        return Decline(reason=reason, detail=_text(body, "detail", limits))
+        return Decline(reason=reason, detail=_text(body, "detail", limits), task=_digest(body))
     if kind == "model":
         raw = _get(body, "tensors", list)
         if len(raw) > limits.max_tensors:
@@ -290,6 +317,8 @@ def _decode_body(body: Any, limits: Limits) -> Message:
             fresh=_opt_bool(body, "fresh"),
             enc=_encoding(body),
             scales=_scales(body, limits),
+            task=_digest(body),
+            stats=_stats(body, limits),
         )
     if kind == "peers?":
         return PeersRequest(sender=_decode_peer(body.get("sender"), limits))
@@ -320,6 +349,23 @@ def _text(body: dict[str, Any], key: str, limits: Limits) -> str:
     if len(value) > limits.max_text:
         raise DecodeError(f"field {key!r} longer than {limits.max_text} characters")
     return str(value)
+
+
+def _digest(body: dict[str, Any]) -> bytes:
+    value = body.get("task", b"")
+    if not isinstance(value, bytes) or len(value) > MAX_DIGEST:
+        raise DecodeError(f"field 'task' must be bytes of at most {MAX_DIGEST}")
+    return value
+
+
+def _stats(body: dict[str, Any], limits: Limits) -> np.ndarray | None:
+    raw = body.get("stats")
+    if raw is None:
+        return None
+    name, arr = decode_tensor(raw, limits)
+    if name != STATS_NAME or arr.dtype != WIRE_DTYPES["float64"] or arr.ndim != 1:
+        raise DecodeError("field 'stats' must be a 1-d float64 tensor named 'stats'")
+    return arr
 
 
 def _encoding(body: dict[str, Any]) -> str | None:

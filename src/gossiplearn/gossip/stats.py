@@ -42,6 +42,7 @@ class MetricPoint:
     steps: int
     accuracy: float | None
     loss: float | None
+    scores: dict[str, float] = field(default_factory=dict)  # others: rmse, mae, r2 (regression)
 
 
 @dataclass(slots=True)

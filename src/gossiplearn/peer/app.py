@@ -33,9 +33,16 @@ from gossiplearn.peer.config import CONFIG_FILE_NAME, PeerConfig, load_config_fi
 from gossiplearn.peer.home import home_lock
 from gossiplearn.peer.host import Libp2pTransport, parse_multiaddr
 from gossiplearn.peer.learner import ThreadedLearner
+from gossiplearn.peer.modelfile import model_file_bytes, write_atomic
 from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.resume import Checkpointer, resume, resume_node, save_model_file
-from gossiplearn.peer.status import serve_status
+from gossiplearn.peer.resume import (
+    Checkpointer,
+    model_offer,
+    resume,
+    resume_node,
+    save_model_file,
+)
+from gossiplearn.peer.status import serve_model, serve_status
 from gossiplearn.peer.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
 from gossiplearn.tasks.partition import parse_partition, parse_shard
@@ -86,17 +93,56 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def build_task(config: PeerConfig) -> Task:
+PATH_PARAMS = ("contract", "data")  # [task] keys holding files: relative to the home
+CONTRACT_COPY = "contract.toml"  # the running task's contract, kept beside its model
+
+
+def contract_path(config: PeerConfig, home: Path) -> Path | None:
+    """The configured contract file (relative to the home), or None."""
+    value = config.task.params.get("contract")
+    return home / Path(value).expanduser() if isinstance(value, str) and value else None
+
+
+def keep_contract_copy(config: PeerConfig, home: Path) -> None:
+    """Copy the contract the peer trains under into the home (``contract.toml``), so that
+    ``evaluate``, ``predict`` and ``export`` find it beside the saved model."""
+    source = contract_path(config, home)
+    target = home / CONTRACT_COPY
+    if source is None or source.resolve() == target.resolve():
+        return
+    data = source.read_bytes()
+    if not target.exists() or target.read_bytes() != data:
+        write_atomic(target, data)
+
+
+def task_name(config: PeerConfig) -> str:
+    """``task.name``; with a contract, ``digits`` or empty means ``tabular`` (the digits task
+    has no contract file, and peer.toml templates before contracts said ``digits``); without
+    one, empty means ``digits``."""
+    t = config.task
+    if t.params.get("contract"):
+        return "tabular" if t.name in ("", "digits") else t.name
+    return t.name or "digits"
+
+
+def build_task(config: PeerConfig, home: Path, *, need_data: bool = True) -> Task:
+    """The configured task. ``need_data`` False: only what using a saved model needs (a
+    tabular task then reads its contract, not the member's data)."""
     t = config.task
     parse_partition(t.partition)
+    params = dict(t.params)
+    for key in PATH_PARAMS:
+        if isinstance(params.get(key), str) and params[key]:
+            params[key] = str(home / Path(params[key]).expanduser())  # absolute paths stay
     options = TaskOptions(
         seed=t.seed,
         shard=parse_shard(t.shard),
         partition=t.partition,
         validation_fraction=t.validation_fraction,
-        params=dict(t.params),
+        params=params,
+        need_data=need_data,
     )
-    return load_task(t.name, options)
+    return load_task(task_name(config), options)
 
 
 def peer_seed(task_seed: int, identity: Identity) -> int:
@@ -136,7 +182,8 @@ async def run_peer(
                 identity.peer_id,
             )
         torch.set_num_threads(config.training.threads)
-        task = build_task(config)
+        task = build_task(config, home)
+        keep_contract_copy(config, home)
         trainer = Trainer(task, config.training, seed=peer_seed(config.task.seed, identity))
         resumed = resume(trainer, home)
         checkpointer = Checkpointer(
@@ -148,6 +195,7 @@ async def run_peer(
             training=config.training,
             bootstrap=config.network.bootstrap,
             description=task.description or task.name,
+            task_kind=task.kind,
             security=config.security,
             members=config.members,
             consortium_key_id=key.key_id if key is not None else None,
@@ -165,7 +213,8 @@ async def run_peer(
                     resume_node(node, resumed.node)
                 await load_known_peers(home, node)
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(serve_status, home, _status_of(node, checkpointer))
+                    await nursery.start(serve_status, home, _status_of(node, checkpointer, trainer))
+                    await nursery.start(serve_model, home, lambda: _model_file(trainer))
                     await nursery.start(node.run)
                     nursery.start_soon(watch_members, home, node)
                     nursery.start_soon(checkpointer.run, node)
@@ -197,8 +246,23 @@ async def load_known_peers(home: Path, node: Node) -> int:
     return added
 
 
-def _status_of(node: Node, checkpointer: Checkpointer) -> Callable[[], dict[str, Any]]:
-    return lambda: {**node.status(), "checkpoint": checkpointer.status()}
+def _status_of(
+    node: Node, checkpointer: Checkpointer, trainer: Trainer
+) -> Callable[[], dict[str, Any]]:
+    def status() -> dict[str, Any]:
+        out = {**node.status(), "checkpoint": checkpointer.status()}
+        statistics, vector = trainer.task.statistics, trainer.stats
+        if statistics is not None and vector is not None:
+            out["statistics"] = statistics.describe(vector)
+        return out
+
+    return status
+
+
+async def _model_file(trainer: Trainer) -> bytes:
+    """The running model as model file bytes (``peer.modelfile``), for evaluate, predict and
+    export: a snapshot under the trainer's lock, taken in a worker thread."""
+    return await trio.to_thread.run_sync(lambda: model_file_bytes(model_offer(trainer)))
 
 
 async def _save_at_shutdown(

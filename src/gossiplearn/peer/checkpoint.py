@@ -64,6 +64,9 @@ class TrainerState:
     rng_state: bytes = field(repr=False)  # the batch-order generator (torch.Generator state)
     order: np.ndarray = field(repr=False)  # the current epoch's permutation (int64)
     position: int = 0  # next index into ``order``
+    task: bytes = b""  # the task identity's digest (absent in checkpoints before contracts)
+    stats: np.ndarray | None = field(default=None, repr=False)  # statistics the model is under
+    local_stats: np.ndarray | None = field(default=None, repr=False)  # our own rows' sums then
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +110,19 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             "counters": counters,
             "sent": n.bytes_sent,
             "received": n.bytes_received,
-            "history": [[p.time, p.steps, p.accuracy, p.loss] for p in n.history],
+            "history": [
+                [p.time, p.steps, p.accuracy, p.loss, *([p.scores] if p.scores else [])]
+                for p in n.history
+            ],
             "consensus": [[time, distance] for time, distance in n.consensus],
             "age_offset": float(n.age_offset),
+            **({"task": t.task} if t.task else {}),
+            **({"stats": encode_tensor("stats", t.stats)} if t.stats is not None else {}),
+            **(
+                {"local_stats": encode_tensor("local_stats", t.local_stats)}
+                if t.local_stats is not None
+                else {}
+            ),
         },
         use_bin_type=True,
     )
@@ -166,12 +179,26 @@ def _decode_body(raw: Any, size: int) -> Checkpoint:
         rng_state=_get(raw, "rng", bytes),
         order=np.frombuffer(order, dtype=_ORDER_DTYPE),
         position=_count(raw, "pos"),
+        task=raw.get("task", b"") if isinstance(raw.get("task", b""), bytes) else _bad("task"),
+        stats=_vector(raw, "stats", limits),
+        local_stats=_vector(raw, "local_stats", limits),
     )
     history = []
     for item in _get(raw, "history", list):
-        if not isinstance(item, list) or len(item) != 4 or not _is_count(item[1]):
+        if not isinstance(item, list) or len(item) not in (4, 5) or not _is_count(item[1]):
             raise CheckpointError("undecodable: bad metrics history point")
-        history.append(MetricPoint(_real(item[0]), item[1], _opt_real(item[2]), _opt_real(item[3])))
+        scores = item[4] if len(item) == 5 else {}
+        if not isinstance(scores, dict) or not all(isinstance(k, str) for k in scores):
+            raise CheckpointError("undecodable: bad metrics history scores")
+        history.append(
+            MetricPoint(
+                _real(item[0]),
+                item[1],
+                _opt_real(item[2]),
+                _opt_real(item[3]),
+                {k: _real(v) for k, v in scores.items()},
+            )
+        )
     consensus = []
     for item in _get(raw, "consensus", list):
         if not isinstance(item, list) or len(item) != 2:
@@ -188,6 +215,23 @@ def _decode_body(raw: Any, size: int) -> Checkpoint:
     if not math.isfinite(node.age_offset):
         raise CheckpointError("undecodable: the model age is not finite")
     return Checkpoint(created=_real(raw.get("created")), trainer=trainer, node=node)
+
+
+def _bad(key: str) -> Any:
+    raise CheckpointError(f"undecodable: field {key!r} has the wrong type")
+
+
+def _vector(raw: dict[str, Any], key: str, limits: Limits) -> np.ndarray | None:
+    """An optional float64 vector (statistics); absent in older checkpoints."""
+    if key not in raw:
+        return None
+    try:
+        _, arr = decode_tensor(raw[key], limits)
+    except DecodeError as exc:
+        raise CheckpointError(f"undecodable: {key}: {exc}") from None
+    if arr.ndim != 1 or arr.dtype != np.dtype("<f8") or not np.isfinite(arr).all():
+        raise CheckpointError(f"undecodable: {key} is not a finite float64 vector")
+    return arr
 
 
 def _tensors(items: list[Any], limits: Limits) -> dict[str, np.ndarray]:

@@ -69,7 +69,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = "digits"
+    name: str = ""  # "": tabular when [task] contract is set, else digits
     shard: str = "1/1"
     partition: str = "iid"
     seed: int = 0
@@ -303,17 +303,16 @@ checkpoint_interval = 30.0   # seconds between checkpoints of model, optimiser a
                              # (0 = only at shutdown); `start` resumes from the newest one
 
 [task]
-name = "digits"              # digits | tabular | package.module:function
+name = ""                    # "" (tabular with a contract, else digits) | digits | tabular
+                             # | package.module:function
 shard = "1/1"                # digits: this member's shard I/N
 partition = "iid"            # digits: iid | dirichlet:ALPHA
 seed = 0                     # same seed on every member: shards are then disjoint
 validation_fraction = 0.2    # share of local data held out for validation
-# For --task tabular (every member must use the same columns and classes):
+# Your own data: the task contract every member shares (`gossiplearn task init` makes one)
+# and this member's file, CSV or Parquet (paths relative to this home):
+# contract = "task.toml"
 # data = "/path/to/our_data.csv"
-# target = "label"
-# columns = ["age", "income", "tenure"]
-# classes = ["churn", "stay"]
-# model = "logistic"         # logistic | mlp
 
 [security]
 # The consortium's network key (libp2p private network): only holders can connect.

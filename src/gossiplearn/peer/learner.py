@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import trio
 
+from gossiplearn.gossip.aggregate import SumsLayout
 from gossiplearn.gossip.messages import TensorSpec
 from gossiplearn.peer.trainer import Trainer
 
@@ -35,14 +36,35 @@ class Learner(Protocol):
 
     def model_bytes(self) -> int: ...
 
+    @property
+    def task_digest(self) -> bytes:
+        """The digest of our task's identity (contract): peers with another never merge."""
+
+    @property
+    def stats_layout(self) -> SumsLayout | None:
+        """The layout of our consortium statistics, or None when the task has none."""
+
+    def statistics(self) -> np.ndarray | None:
+        """A copy of the statistics our model is trained under (None: the task has none)."""
+
+    async def rebase(
+        self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """A model trained under statistics ``old`` moved to ``new``, with the same function."""
+
     async def train(self, count: int) -> int: ...
 
     async def snapshot(self) -> dict[str, np.ndarray]: ...
 
     async def merge(
-        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        theirs: Mapping[str, np.ndarray],
+        alpha: float,
+        stats: np.ndarray | None = None,
     ) -> None:
-        """Add ``alpha * (theirs - snapshot)`` to the model (``theirs`` was checked)."""
+        """Add ``alpha * (theirs - snapshot)`` to the model (``theirs`` was checked); with
+        ``stats``, then move the model to those statistics."""
 
     async def evaluate(self) -> dict[str, float]: ...
 
@@ -77,6 +99,23 @@ class TrainerLearner:
     def model_bytes(self) -> int:
         return self._model_bytes
 
+    @property
+    def task_digest(self) -> bytes:
+        return self.trainer.task_digest
+
+    @property
+    def stats_layout(self) -> SumsLayout | None:
+        return self.trainer.stats_layout
+
+    def statistics(self) -> np.ndarray | None:
+        return self.trainer.statistics()
+
+    async def rebase(
+        self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        await trio.lowlevel.checkpoint()
+        return self.trainer.rebase(tensors, old, new)
+
 
 class ThreadedLearner(TrainerLearner):
     def __init__(self, trainer: Trainer) -> None:
@@ -90,9 +129,13 @@ class ThreadedLearner(TrainerLearner):
         return await trio.to_thread.run_sync(self.trainer.snapshot)
 
     async def merge(
-        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        theirs: Mapping[str, np.ndarray],
+        alpha: float,
+        stats: np.ndarray | None = None,
     ) -> None:
-        await trio.to_thread.run_sync(self.trainer.merge, snapshot, theirs, alpha)
+        await trio.to_thread.run_sync(self.trainer.merge, snapshot, theirs, alpha, stats)
 
     async def evaluate(self) -> dict[str, float]:
         return await trio.to_thread.run_sync(self.trainer.evaluate, limiter=self._limiter)

@@ -6,7 +6,11 @@ merges (``gossip.screening``) and moves our model through the ``Learner``. The n
 logs the outcome and penalises the sender where the outcome says so.
 
 Invariants:
-- ``keep``: nothing is screened or merged; our model and age are untouched.
+- ``keep``: nothing is screened or merged; our model and age are untouched (but for a move to
+  the exchange's statistics, which does not change what the model computes).
+- Statistics (``gossip.aggregate``) are averaged in every exchange that is not refused,
+  whatever the merge kind: they are sums of data, and a fresh peer's data counts as much as
+  anyone's.
 - ``adopt`` happens only for a model that passes the norm rule and whose loss on our validation
   data is no worse than our own model's; otherwise it falls back to the screened average.
 - The model's age is ``learner.samples_seen + age_offset`` and moves with every merge as a
@@ -53,16 +57,20 @@ class ModelMerger:
         own_age: float,
         merge: Merge,
         measures: Measures,
+        stats: np.ndarray | None = None,
     ) -> Applied:
         """Apply ``merge`` (theirs against the ``snapshot`` we sent, when our age was
-        ``own_age``). Raises ``Refused`` when screening refuses the model (nothing applied)."""
+        ``own_age``; in our statistics' coordinates), and move to the exchange's statistics
+        ``stats`` if the task has them. Raises ``Refused`` when screening refuses the model
+        (nothing applied)."""
         theirs = merge.offer.tensors
         if merge.kind is MergeKind.KEEP:  # a fresh peer takes our model; its own holds nothing
+            await self._move(snapshot, merge, own_age, 0.0, stats)
             return Applied(MergeKind.KEEP, 0.0)
         if merge.kind is MergeKind.ADOPT:
             why_not = await self._adoption_refusal(snapshot, theirs, measures)
             if why_not is None:
-                await self._move(snapshot, merge, own_age, 1.0)
+                await self._move(snapshot, merge, own_age, 1.0, stats)
                 return Applied(MergeKind.ADOPT, 1.0)
             alpha = merge_weight(self.learner.samples, merge.offer.samples)
         else:
@@ -72,14 +80,19 @@ class ModelMerger:
         if verdict.action is Action.REFUSE:
             raise Refused(verdict.reason, verdict.detail)
         pull = alpha * verdict.scale
-        await self._move(snapshot, merge, own_age, pull)
+        await self._move(snapshot, merge, own_age, pull, stats)
         clipped = verdict.detail if verdict.action is Action.CLIP else ""
         return Applied(MergeKind.AVERAGE, pull, clipped, verdict.far, why_not)
 
     async def _move(
-        self, snapshot: Mapping[str, np.ndarray], merge: Merge, own_age: float, pull: float
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        merge: Merge,
+        own_age: float,
+        pull: float,
+        stats: np.ndarray | None,
     ) -> None:
-        await self.learner.merge(snapshot, merge.offer.tensors, pull)
+        await self.learner.merge(snapshot, merge.offer.tensors, pull, stats)
         self.age_offset += merged_age(own_age, merge.offer.age, pull) - own_age
 
     async def _adoption_refusal(

@@ -37,9 +37,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_model(path: Path, offer: ModelOffer) -> None:
+def model_file_bytes(offer: ModelOffer) -> bytes:
+    """The contents of a model file holding ``offer``."""
     body = encode(offer)
-    write_atomic(path, MAGIC + hashlib.sha256(body).digest() + body)
+    return MAGIC + hashlib.sha256(body).digest() + body
+
+
+def save_model(path: Path, offer: ModelOffer) -> None:
+    write_atomic(path, model_file_bytes(offer))
 
 
 def load_model(path: Path) -> ModelOffer:
@@ -48,6 +53,11 @@ def load_model(path: Path) -> ModelOffer:
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read model file {path}: {exc.strerror}") from None
+    return parse_model_file(data, str(path))
+
+
+def parse_model_file(data: bytes, path: str) -> ModelOffer:
+    """The model in a model file's contents; ``UserError`` naming ``path`` if they are not one."""
     head = len(MAGIC) + 32
     if len(data) < head or not data.startswith(MAGIC):
         raise UserError(f"{path} is not a gossiplearn model file (or is truncated)")

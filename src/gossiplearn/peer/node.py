@@ -32,14 +32,14 @@ import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
 from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import DecodeError, RemoteProtocolError, TransportError
-from gossiplearn.gossip import compression
+from gossiplearn.gossip import aggregate, compression
 from gossiplearn.gossip.exchange import (
     InitiatorExchange,
     LocalModel,
@@ -47,10 +47,12 @@ from gossiplearn.gossip.exchange import (
     Phase,
     Refused,
     ResponderExchange,
+    task_mismatch,
 )
 from gossiplearn.gossip.merge import MergeKind, measure
 from gossiplearn.gossip.messages import (
     Accept,
+    Decline,
     Limits,
     ModelOffer,
     PeerRecord,
@@ -99,6 +101,7 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     members: Members = field(default_factory=Members)
     consortium_key_id: str | None = None  # the private network's key id, if any
+    task_kind: str = "classification"  # or "regression": which metrics status shows
 
 
 class Node:
@@ -123,7 +126,13 @@ class Node:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.started_at = time.time()
-        self.local = LocalModel.of(learner.specs(), learner.samples, learner.model_bytes())
+        self.local = LocalModel.of(
+            learner.specs(),
+            learner.samples,
+            learner.model_bytes(),
+            task=learner.task_digest,
+            stats=learner.stats_layout,
+        )
         max_model = int(self.local.model_bytes * MODEL_MARGIN) + 64 * 1024
         self.model_limits = Limits(max_frame=max_model, max_tensors=len(self.local.specs) + 1)
         sec = config.security
@@ -142,6 +151,7 @@ class Node:
         self.connections_refused: dict[str, int] = {}
         self.streams_refused: dict[str, int] = {}
         self.offences: dict[str, int] = {}
+        self.incompatible: dict[str, str] = {}  # peer → why we cannot merge with it (latest)
         self._inbound: dict[str, int] = {}
         self._recent: deque[str] = deque(maxlen=RECENT_EXCHANGES)  # partners, newest last
         self._residual: dict[str, Any] | None = None  # what lossy encodings lost, float32
@@ -285,9 +295,18 @@ class Node:
     async def _evaluation_loop(self) -> None:
         while True:
             metrics = await self.learner.evaluate()
+            scores = {
+                k: v
+                for k, v in metrics.items()
+                if k not in ("accuracy", "loss") and math.isfinite(v)
+            }
             self.history.add(
                 MetricPoint(
-                    time.time(), self.learner.steps, metrics.get("accuracy"), metrics.get("loss")
+                    time.time(),
+                    self.learner.steps,
+                    metrics.get("accuracy"),
+                    metrics.get("loss"),
+                    scores,
                 )
             )
             await trio.sleep(self.config.training.eval_interval)
@@ -458,11 +477,13 @@ class Node:
                     if exchange.decline.reason == "incompatible":
                         # not a transient condition: back off like after a failure
                         self.view.failure(peer, trio.current_time())
-                        log.warning(
-                            "peer %s declined: incompatible model (%s)",
-                            peer,
-                            exchange.decline.detail,
+                        decline = exchange.decline
+                        detail = (
+                            task_mismatch(self.local.task, decline.task)
+                            if decline.task and decline.task != self.local.task
+                            else decline.detail
                         )
+                        self._incompatible(peer, f"declined by them: {detail}")
                     await close_quietly(stream)
                     return "declined"
                 swapping = True
@@ -510,6 +531,8 @@ class Node:
                     took_slot = True
                 self.view.mark_connected(peer, trio.current_time())
                 await framed.send(answer)
+                if isinstance(answer, Decline) and answer.reason == "incompatible":
+                    self._incompatible(peer, f"we declined: {answer.detail}")
                 if not took_slot:
                     self.counters.declined_inbound += 1
                     await stream.close()
@@ -541,6 +564,7 @@ class Node:
         outside that deadline)."""
         with trio.fail_after(self.transfer_timeout):
             own_age = self.model_age()
+            stats = self.learner.statistics()  # only merges move it, and we hold the slot
             snapshot = await self.learner.snapshot()
             encoded = await self._encode(snapshot)
             latest = self.history.latest
@@ -556,6 +580,8 @@ class Node:
                     fresh=self.fresh,
                     enc=self.config.gossip.compression if encoded else None,
                     scales=encoded.scales if encoded else (),
+                    task=self.local.task,
+                    stats=stats,
                 )
             )
             if self.local.model_bytes > THREAD_THRESHOLD:
@@ -577,12 +603,19 @@ class Node:
             self._residual = encoded.residual
         merge = exchange.receive(received[0])  # structural checks: raises Refused
         assert merge is not None
+        new_stats = None
+        if stats is not None:  # their model into our statistics' coordinates, then average
+            theirs_stats = merge.offer.stats
+            assert theirs_stats is not None  # checked by the exchange
+            rebased = await self.learner.rebase(merge.offer.tensors, theirs_stats, stats)
+            merge = replace(merge, offer=replace(merge.offer, tensors=rebased))
+            new_stats = aggregate.average(stats, theirs_stats)
         theirs = merge.offer.tensors
         if self.local.model_bytes > THREAD_THRESHOLD:
             measures = await trio.to_thread.run_sync(measure, snapshot, theirs)
         else:
             measures = measure(snapshot, theirs)
-        applied = await self.merger.apply(snapshot, own_age, merge, measures)  # raises Refused
+        applied = await self.merger.apply(snapshot, own_age, merge, measures, new_stats)
         if applied.kind is MergeKind.KEEP:
             self.counters.seeded += 1
             log.info("%s is new: it adopts our model, and we keep ours", peer)
@@ -658,8 +691,16 @@ class Node:
         dropped = self.view.failure(peer, trio.current_time())
         log.info("%s: %s%s", peer, why, " (dropped from view)" if dropped else "")
 
+    def _incompatible(self, peer: str, detail: str) -> None:
+        """Record (for status) and log why we cannot merge with ``peer``."""
+        if self.incompatible.get(peer) != detail:
+            log.warning("cannot merge with %s: %s", peer, detail)
+        self.incompatible[peer] = detail
+
     async def _refuse(self, peer: str, exc: RemoteProtocolError) -> None:
         reason = exc.reason if isinstance(exc, Refused) else "malformed"
+        if reason == "incompatible" and isinstance(exc, Refused):
+            self._incompatible(peer, f"we refused their model: {exc.detail}")
         self.counters.refuse(reason)
         self.view.failure(peer, trio.current_time())
         log.warning("refused model from %s: %s", peer, exc)

@@ -54,6 +54,8 @@ def node_status(node: Node) -> dict[str, Any]:
         "started_at": node.started_at,
         "uptime": time.time() - node.started_at,
         "task": node.config.description,
+        "task_kind": node.config.task_kind,
+        "contract": node.local.task.hex(),
         "samples": node.learner.samples,
         "busy": node._busy,
         "neighbours": neighbours,
@@ -82,12 +84,23 @@ def node_status(node: Node) -> dict[str, Any]:
         "metrics": {
             "accuracy": latest.accuracy if latest else None,
             "loss": latest.loss if latest else None,
+            **({k: finite(v) for k, v in latest.scores.items()} if latest else {}),
             "time": latest.time if latest else None,
             "trend": node.history.trend(),
         },
         "history": [
-            {"time": p.time, "steps": p.steps, "accuracy": p.accuracy, "loss": p.loss}
+            {
+                "time": p.time,
+                "steps": p.steps,
+                "accuracy": p.accuracy,
+                "loss": p.loss,
+                **{k: finite(v) for k, v in p.scores.items()},
+            }
             for p in list(node.history.points)[-60:]
+        ],
+        "incompatible": [
+            {"peer_id": p, "name": node.members.name_of(p), "detail": detail}
+            for p, detail in sorted(node.incompatible.items())
         ],
         "consensus_distance": finite(node.consensus[-1][1]) if node.consensus else None,
         "consensus_distance_mean10": sum(recent) / len(recent) if recent else None,

@@ -78,23 +78,34 @@ def _restore_model_file(trainer: Trainer, path: Path) -> bool:
     if saved.fingerprint != ours or fingerprint(specs_of(saved.tensors)) != ours:
         log.warning("the saved model in %s belongs to another model architecture", path)
         return False
-    trainer.load(saved.tensors)
+    if saved.task and saved.task != trainer.task_digest:
+        log.warning("the saved model in %s belongs to another task contract", path)
+        return False
+    trainer.load(saved.tensors, saved.stats)
     trainer.steps = saved.steps
     log.info("resumed the model saved in %s (%d steps)", path, saved.steps)
     return True
 
 
-def save_model_file(trainer: Trainer, home: Path) -> None:
-    """Write ``model.glm`` (blocking): the model alone, for the demo and ``load_model``."""
-    offer = ModelOffer(
+def model_offer(trainer: Trainer) -> ModelOffer:
+    """The trainer's model as a ``ModelOffer``: tensors, task digest and statistics (what
+    ``model.glm`` holds). Blocking."""
+    return ModelOffer(
         fingerprint=fingerprint(trainer.specs()),
         samples=trainer.samples,
         steps=trainer.steps,
         accuracy=None,
         loss=None,
         tensors=trainer.snapshot(),
+        task=trainer.task_digest,
+        stats=trainer.statistics(),
     )
-    save_model(home / MODEL_FILE_NAME, offer)
+
+
+def save_model_file(trainer: Trainer, home: Path) -> None:
+    """Write ``model.glm`` (blocking): the model alone, for the demo, evaluate, predict and
+    export."""
+    save_model(home / MODEL_FILE_NAME, model_offer(trainer))
 
 
 def node_state(node: Node) -> NodeState:

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import trio
 
+from gossiplearn.gossip.aggregate import SumsLayout
 from gossiplearn.gossip.merge import apply_merge
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
@@ -34,11 +35,14 @@ class VectorLearner:
         samples: int,
         target: Mapping[str, np.ndarray] | None = None,
         learning_rate: float = 0.1,
+        stats: np.ndarray | None = None,
     ) -> None:
         self.tensors = {k: np.array(v, copy=True) for k, v in tensors.items()}
         self._samples = samples
         self.target = target
         self.learning_rate = learning_rate
+        # a statistics vector averaged beside the model (gossip.aggregate), when given
+        self.stats = None if stats is None else np.array(stats, dtype=np.float64)
         self._steps = 0
         # the sum of every training update ever applied (for conservation checks)
         self.trained = {k: np.zeros(v.shape, dtype=np.float64) for k, v in self.tensors.items()}
@@ -77,11 +81,35 @@ class VectorLearner:
         return {k: v.copy() for k, v in self.tensors.items()}
 
     async def merge(
-        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        theirs: Mapping[str, np.ndarray],
+        alpha: float,
+        stats: np.ndarray | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint()
         for k, tensor in self.tensors.items():
             apply_merge(tensor, snapshot[k], theirs[k], alpha)
+        if stats is not None:
+            self.stats = np.array(stats, dtype=np.float64)
+
+    @property
+    def task_digest(self) -> bytes:
+        return b"vector-learner"
+
+    @property
+    def stats_layout(self) -> SumsLayout | None:
+        return None if self.stats is None else SumsLayout(self.stats.size)
+
+    def statistics(self) -> np.ndarray | None:
+        return None if self.stats is None else self.stats.copy()
+
+    async def rebase(
+        self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Vectors have no preprocessing: moving statistics leaves them as they are."""
+        await trio.lowlevel.checkpoint()
+        return dict(tensors)
 
     async def evaluate(self) -> dict[str, float]:
         return await self.evaluate_tensors(self.tensors)
@@ -121,10 +149,14 @@ class InlineLearner(TrainerLearner):
         return self.trainer.snapshot()
 
     async def merge(
-        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        theirs: Mapping[str, np.ndarray],
+        alpha: float,
+        stats: np.ndarray | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint()
-        self.trainer.merge(snapshot, theirs, alpha)
+        self.trainer.merge(snapshot, theirs, alpha, stats)
 
     async def evaluate(self) -> dict[str, float]:
         await trio.lowlevel.checkpoint()

@@ -1,7 +1,9 @@
-"""The local status endpoint: a Unix socket in the peer's home, readable by its owner only.
+"""The local endpoints: Unix sockets in the peer's home, usable by its owner only.
 
-A client connects and reads one JSON object (the node's ``status()``) until EOF. Nothing is read
-from the client. The socket never listens on a network interface.
+``status.sock``: a client connects and reads one JSON object (the node's ``status()``) until
+EOF. ``model.sock``: the same, with the running model as model file bytes (``peer.modelfile``),
+a snapshot that leaves training undisturbed. Nothing is read from the client. The sockets never
+listen on a network interface.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,15 @@ from gossiplearn.errors import UserError
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "status.sock"
+MODEL_SOCKET_NAME = "model.sock"
 MAX_STATUS_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107
+SERVE_TIMEOUT = 60.0  # seconds a client may take to read an answer
+MODEL_TIMEOUT = 60.0  # seconds to fetch the running model (a snapshot, then its bytes)
 
 
-def socket_path(home: Path) -> Path:
-    return home / SOCKET_NAME
+def socket_path(home: Path, name: str = SOCKET_NAME) -> Path:
+    return home / name
 
 
 def _check_length(path: Path) -> None:
@@ -45,9 +50,34 @@ async def serve_status(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``snapshot()`` as JSON on ``home/status.sock`` until cancelled; removes the socket."""
-    path = socket_path(home)
+
+    async def payload() -> bytes:
+        return json.dumps(snapshot()).encode()
+
+    await _serve(home / SOCKET_NAME, payload, task_status=task_status)
+
+
+async def serve_model(
+    home: Path,
+    model_file: Callable[[], Awaitable[bytes]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the running model (model file bytes, ``peer.modelfile``) on ``home/model.sock``
+    until cancelled: ``gossiplearn evaluate``, ``predict`` and ``export`` read it there."""
+    await _serve(home / MODEL_SOCKET_NAME, model_file, task_status=task_status)
+
+
+async def _serve(
+    path: Path,
+    payload: Callable[[], Awaitable[bytes]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer every connection to the Unix socket ``path`` (owner-only) with ``payload()``."""
     _check_length(path)
-    path.unlink(missing_ok=True)  # left by a peer that crashed; the home lock says we own it
+    # left by a peer that crashed; the home lock says we own it
+    path.unlink(missing_ok=True)  # noqa: ASYNC240 - a local unlink, before serving
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -59,8 +89,8 @@ async def serve_status(
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            with trio.move_on_after(5):
-                await stream.send_all(json.dumps(snapshot()).encode())
+            with trio.move_on_after(SERVE_TIMEOUT):
+                await stream.send_all(await payload())
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -71,7 +101,7 @@ async def serve_status(
             await nursery.start(trio.serve_listeners, handle, [listener])
             task_status.started()
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # noqa: ASYNC240 - a local unlink, at exit
 
 
 STATUS_TIMEOUT = 5.0  # seconds
@@ -80,35 +110,53 @@ STATUS_TIMEOUT = 5.0  # seconds
 async def fetch_status(home: Path) -> dict[str, Any]:
     """Read the running peer's status. ``UserError`` (one clear line) if no peer answers
     within ``STATUS_TIMEOUT``."""
-    timeout = STATUS_TIMEOUT
-    path = socket_path(home)
+    data = await _fetch(home, SOCKET_NAME, STATUS_TIMEOUT, MAX_STATUS_BYTES)
+    try:
+        status = json.loads(data)
+    except ValueError:
+        raise UserError(f"the peer in {home} sent an unreadable status") from None
+    if not isinstance(status, dict):
+        raise UserError(f"the peer in {home} sent an unreadable status")
+    return status
+
+
+async def fetch_model(home: Path) -> bytes | None:
+    """The running peer's model file bytes, or None when no peer runs in ``home``."""
+    if not socket_path(home, MODEL_SOCKET_NAME).exists():
+        return None
+    try:
+        return await _fetch(home, MODEL_SOCKET_NAME, MODEL_TIMEOUT, 1 << 40)
+    except NoPeer:
+        return None
+
+
+class NoPeer(UserError):
+    """No peer answers on the home's socket."""
+
+
+async def _fetch(home: Path, name: str, deadline: float, limit: int) -> bytes:
+    path = socket_path(home, name)
     _check_length(path)
-    no_peer = UserError(
+    no_peer = NoPeer(
         f"no peer is running in {home} (start one with `gossiplearn start --home {home}`)"
     )
     if not path.exists():
         raise no_peer
     chunks: list[bytes] = []
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(deadline):
             stream = await trio.open_unix_socket(os.fspath(path))
             async with stream:
                 size = 0
-                while data := await stream.receive_some(65536):
+                while data := await stream.receive_some(1 << 20):
                     size += len(data)
-                    if size > MAX_STATUS_BYTES:
-                        raise UserError(f"status from {path} is larger than expected")
+                    if size > limit:
+                        raise UserError(f"the answer from {path} is larger than expected")
                     chunks.append(data)
     except trio.TooSlowError:
-        raise UserError(f"the peer in {home} did not answer within {timeout:g} s") from None
+        raise UserError(f"the peer in {home} did not answer within {deadline:g} s") from None
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
             raise no_peer from None
         raise UserError(f"cannot reach the peer in {home}: {exc.strerror}") from None
-    try:
-        status = json.loads(b"".join(chunks))
-    except ValueError:
-        raise UserError(f"the peer in {home} sent an unreadable status") from None
-    if not isinstance(status, dict):
-        raise UserError(f"the peer in {home} sent an unreadable status")
-    return status
+    return b"".join(chunks)

@@ -7,6 +7,11 @@ work) and are meant for ``trio.to_thread.run_sync``; none of them awaits.
 Exchanged tensors are the floating-point entries of the model's ``state_dict`` (parameters and
 float buffers); integer buffers stay local.
 
+A task with consortium statistics (``Task.statistics``; the tabular task) keeps the statistics
+vector its model is trained under (``stats``). A merge may move it (``merge(..., stats=)``);
+the model is then rebased to the new statistics under the same lock, so what it computes does
+not jump.
+
 ``state``/``restore`` capture and reinstate everything the next SGD step depends on (tensors,
 momentum buffers, the batch-order generator and permutation, counters), so a peer resumed from
 a checkpoint continues bit for bit as if it had not stopped.
@@ -21,11 +26,13 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from gossiplearn.gossip.aggregate import SumsLayout
 from gossiplearn.gossip.merge import apply_merge, merge_delta
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, fingerprint, specs_of
 from gossiplearn.peer.checkpoint import TrainerState
 from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.tasks.base import Task
+from gossiplearn.tasks.base import Task, task_identity
+from gossiplearn.tasks.contract import identity_digest
 
 
 class Trainer:
@@ -36,6 +43,11 @@ class Trainer:
         torch.manual_seed(seed)
         self._gen = torch.Generator().manual_seed(seed)
         self.model = task.build_model()
+        self.task_digest = identity_digest(task_identity(task, self.model))
+        self.stats: np.ndarray | None = None  # the statistics the model is trained under
+        if task.statistics is not None:
+            self.stats = np.array(task.statistics.local, dtype=np.float64)
+            task.statistics.apply(self.model, self.stats)
         self._tensors = {
             name: t
             for name, t in self.model.state_dict(keep_vars=False).items()
@@ -56,11 +68,31 @@ class Trainer:
     def samples(self) -> int:
         return self.task.samples
 
+    @property
+    def stats_layout(self) -> SumsLayout | None:
+        return self.task.statistics.layout if self.task.statistics is not None else None
+
+    def statistics(self) -> np.ndarray | None:
+        """A copy of the statistics vector the model is trained under (None: the task has
+        none)."""
+        with self._lock:
+            return None if self.stats is None else self.stats.copy()
+
+    def rebase(
+        self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """``tensors`` trained under statistics ``old``, moved to ``new`` (same function)."""
+        assert self.task.statistics is not None
+        return self.task.statistics.rebase(tensors, old, new)
+
     def specs(self) -> list[TensorSpec]:
         return specs_of(self._snapshot_unlocked(copy=False))
 
     def model_bytes(self) -> int:
-        return encoded_model_size(self._snapshot_unlocked(copy=False))
+        """An upper bound on our encoded ModelOffer (statistics included), in bytes."""
+        layout = self.stats_layout
+        extra = 128 + 8 * layout.size if layout is not None else 0
+        return encoded_model_size(self._snapshot_unlocked(copy=False)) + extra
 
     # ---- training (blocking)
 
@@ -133,10 +165,16 @@ class Trainer:
             return self._snapshot_unlocked()
 
     def merge(
-        self, snapshot: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], alpha: float
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        theirs: Mapping[str, np.ndarray],
+        alpha: float,
+        stats: np.ndarray | None = None,
     ) -> None:
         """Add ``alpha * (theirs - snapshot)`` to the model (``theirs`` was checked against
-        our specs), in float64, rounded once to each tensor's dtype (no float16 overflow)."""
+        our specs and is in our statistics' coordinates), in float64, rounded once to each
+        tensor's dtype (no float16 overflow). ``stats``: the statistics after the exchange;
+        the model is rebased to them."""
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
                 if t.device.type == "cpu" and t.is_contiguous():  # in place, block by block
@@ -145,12 +183,32 @@ class Trainer:
                 delta = merge_delta({name: snapshot[name]}, {name: theirs[name]}, alpha)[name]
                 merged = t.to(torch.float64) + torch.from_numpy(delta).to(t.device)
                 t.copy_(merged.to(t.dtype))
+            if stats is not None:
+                self._move_statistics(np.asarray(stats, dtype=np.float64))
 
-    def load(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Replace the exchanged tensors (shapes must match)."""
+    def _move_statistics(self, new: np.ndarray) -> None:
+        """Rebase the model from ``self.stats`` to ``new`` and adopt ``new`` (lock held)."""
+        statistics = self.task.statistics
+        assert statistics is not None and self.stats is not None
+        current = self._snapshot_unlocked(copy=False)
+        rebased = statistics.rebase(current, self.stats, new)
+        for name, t in self._tensors.items():
+            if rebased[name] is not current[name]:  # only the layers the rebase changed
+                t.copy_(torch.from_numpy(np.ascontiguousarray(rebased[name])))
+        self.stats = new.copy()
+        statistics.apply(self.model, self.stats)
+
+    def load(self, tensors: Mapping[str, np.ndarray], stats: np.ndarray | None = None) -> None:
+        """Replace the exchanged tensors (shapes must match) and, when given and the task has
+        statistics of that size, the statistics they were trained under."""
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
                 t.copy_(torch.from_numpy(np.array(tensors[name], copy=True)))
+            layout = self.stats_layout
+            if stats is not None and layout is not None and stats.shape == (layout.size,):
+                assert self.task.statistics is not None
+                self.stats = np.array(stats, dtype=np.float64)
+                self.task.statistics.apply(self.model, self.stats)
 
     # ---- checkpoints (blocking)
 
@@ -164,6 +222,13 @@ class Trainer:
                     momentum[name] = buf.detach().cpu().numpy().copy()
             tensors = self._snapshot_unlocked()
             return TrainerState(
+                task=self.task_digest,
+                stats=None if self.stats is None else self.stats.copy(),
+                local_stats=(
+                    None
+                    if self.task.statistics is None
+                    else np.array(self.task.statistics.local, dtype=np.float64)
+                ),
                 fingerprint=fingerprint(specs_of(tensors)),
                 steps=self.steps,
                 samples_seen=self.samples_seen,
@@ -180,6 +245,13 @@ class Trainer:
         ours = fingerprint(self.specs())
         if state.fingerprint != ours or fingerprint(specs_of(state.tensors)) != ours:
             return "it holds another model architecture"
+        if state.task and state.task != self.task_digest:
+            return "it belongs to another task contract"
+        layout = self.stats_layout
+        size = layout.size if layout is not None else None
+        for vector in (state.stats, state.local_stats):
+            if vector is not None and (size is None or vector.shape != (size,)):
+                return "its statistics do not fit the task"
         params = dict(self.model.named_parameters())
         for name, buf in state.momentum.items():
             param = params.get(name)
@@ -212,3 +284,11 @@ class Trainer:
             self._pos = state.position
             self.steps = state.steps
             self.samples_seen = state.samples_seen
+            if self.task.statistics is not None and state.stats is not None:
+                self.stats = np.array(state.stats, dtype=np.float64)
+                self.task.statistics.apply(self.model, self.stats)
+                local = np.asarray(self.task.statistics.local, dtype=np.float64)
+                if state.local_stats is not None and not np.array_equal(local, state.local_stats):
+                    # our file changed since: swap our old rows' sums for the new ones in our
+                    # share, which keeps the consortium's total right (gossip.aggregate)
+                    self._move_statistics(self.stats + local - state.local_stats)

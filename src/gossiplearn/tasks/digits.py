@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gossiplearn.tasks.base import Dataset, Task, TaskOptions, mlp, split_validation
+from gossiplearn.tasks.base import Dataset, Records, Task, TaskOptions, mlp, split_validation
+from gossiplearn.tasks.contract import Feature, Missing, Target, TaskContract
 from gossiplearn.tasks.partition import partition_indices
+from gossiplearn.tasks.records import encode, read_table
 
 TEST_FRACTION = 0.2
 
@@ -60,6 +62,26 @@ def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return x[train], y[train], x[test], y[test]
 
 
+CLASSES = tuple(str(d) for d in range(10))
+# The file layout `gossiplearn evaluate` and `predict` read for digits: scikit-learn's feature
+# names (pixel_0_0 … pixel_7_7, values 0-16) and a `target` column of digits.
+FILE_CONTRACT = TaskContract(
+    name="digits",
+    features=tuple(Feature(f"pixel_{r}_{c}") for r in range(8) for c in range(8)),
+    target=Target("target", "classification", CLASSES),
+    missing=Missing(("",), "refuse"),
+)
+
+
+def read_file(path: Path, need_target: bool) -> Records:
+    """Digits records from a CSV or Parquet file with columns pixel_0_0 … pixel_7_7 (0-16) and,
+    for evaluation, ``target``."""
+    encoded = encode(read_table(path), FILE_CONTRACT, need_target=need_target)
+    labels = None if encoded.targets is None else torch.from_numpy(encoded.targets)
+    features = torch.from_numpy(np.ascontiguousarray(encoded.features / np.float32(16.0)))
+    return Records(features, labels, encoded.lines, encoded.report.summary())
+
+
 def _dataset(x: np.ndarray, y: np.ndarray) -> Dataset:
     return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
 
@@ -79,6 +101,9 @@ def make_task(options: TaskOptions) -> Task:
         validation=validation,
         test=_dataset(xte, yte),
         description=f"digits shard {index}/{count} ({options.partition}), MLP 64-{hidden}-10",
+        identity={"task": "digits", "version": 1, "model": {"kind": "mlp", "hidden": [hidden]}},
+        classes=CLASSES,
+        reader=read_file,
     )
 
 
