@@ -4,8 +4,9 @@
 ``model.sock``: a snapshot, training goes on undisturbed), else the ``model.glm`` a stopped
 peer saved. It rebuilds the task from the home's configuration without the member's own data
 (``TaskOptions.need_data``), with the contract given, else the one in peer.toml, else the copy
-a peer started with ``--contract`` keeps in its home (``contract.toml``); checks that the saved model belongs to that task (fingerprint and
-task digest) and loads its tensors and statistics into a fresh model.
+a peer started with ``--contract`` keeps in its home (``contract.toml``); checks that the saved
+model belongs to that task (fingerprint and task digest) and loads its tensors and statistics
+into a fresh model.
 
 Invariants: nothing here writes to the home or talks to other peers; a model of another task
 or architecture is refused with a ``UserError`` naming both.

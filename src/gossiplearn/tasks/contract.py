@@ -239,15 +239,25 @@ def contract_from_mapping(data: Mapping[str, Any], where: str) -> TaskContract:
         if extra:
             reader.fail(f"{key}.{sorted(extra)[0]}", "unknown; use column, kind, categories")
         fkind = reader.choice(f"{key}.kind", item.get("kind", "numeric"), FEATURE_KINDS)
-        categories = reader.names(f"{key}.categories", item.get("categories", []), empty=True)
+        categories = reader.names(f"{key}.categories", item.get("categories", []))
         if fkind == "numeric" and categories:
             reader.fail(f"{key}.categories", "is for categorical columns only")
         if fkind == "categorical" and not categories:
             reader.fail(f"{key}.categories", "a categorical column needs its category list")
+        shadowed = sorted(set(categories) & {v.strip() for v in missing.values})
+        if shadowed:
+            reader.fail(
+                f"{key}.categories", f"lists {shadowed[0]!r}, which missing.values reads as missing"
+            )
         if len(categories) > MAX_CATEGORIES:
             reader.fail(f"{key}.categories", f"has {len(categories)}; at most {MAX_CATEGORIES}")
         features.append(
             Feature(reader.text(item, f"{key}.column", item.get("column")), fkind, categories)
+        )
+    shadowed = sorted(set(target.classes) & {v.strip() for v in missing.values})
+    if shadowed:
+        reader.fail(
+            "target.classes", f"lists {shadowed[0]!r}, which missing.values reads as missing"
         )
     columns = [f.column for f in features]
     dupes = sorted({c for c in columns if columns.count(c) > 1})
@@ -284,12 +294,15 @@ class _Reader:
         return str(value)
 
     def names(self, key: str, value: Any, empty: bool = False) -> tuple[str, ...]:
+        """A list of distinct strings. Unless ``empty`` (the missing tokens), each must be
+        non-empty and without surrounding spaces: cells are compared after trimming."""
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.fail(key, f"= {value!r}: expected a list of strings")
         if len(set(value)) != len(value):
             self.fail(key, "lists a value twice")
-        if not empty and any(not v.strip() for v in value):
-            self.fail(key, "holds an empty name")
+        if not empty and any(not v.strip() or v != v.strip() for v in value):
+            bad = next(v for v in value if not v.strip() or v != v.strip())
+            self.fail(key, f"holds {bad!r}: names must be non-empty, without surrounding spaces")
         return tuple(value)
 
 

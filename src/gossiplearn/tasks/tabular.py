@@ -34,7 +34,14 @@ from torch.nn import functional as F
 
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.aggregate import SumsLayout, moment
-from gossiplearn.tasks.base import Dataset, Records, Task, TaskOptions, split_validation
+from gossiplearn.tasks.base import (
+    Dataset,
+    Records,
+    Task,
+    TaskOptions,
+    accuracy_and_loss,
+    split_validation,
+)
 from gossiplearn.tasks.contract import TaskContract, load_contract
 from gossiplearn.tasks.records import encode, read_table
 from gossiplearn.tasks.scoring import regression_report
@@ -45,11 +52,13 @@ ROWS = 0  # position of the row count in the statistics vector
 class TabularModel(nn.Module):
     """Preprocessing (impute, then standardise), then ``net``. Takes encoded rows
     (``tasks.records.encode``: NaN marks a missing cell) and returns logits, or for regression
-    the standardised prediction (``TabularStatistics.values`` maps it back)."""
+    the standardised prediction (``TabularModel.values`` maps it back)."""
 
     fill: torch.Tensor
     shift: torch.Tensor
     scale: torch.Tensor
+    y_shift: torch.Tensor
+    y_scale: torch.Tensor
 
     def __init__(self, inputs: int, net: nn.Sequential) -> None:
         super().__init__()
@@ -57,12 +66,19 @@ class TabularModel(nn.Module):
         self.register_buffer("fill", torch.zeros(inputs), persistent=False)
         self.register_buffer("shift", torch.zeros(inputs), persistent=False)
         self.register_buffer("scale", torch.ones(inputs), persistent=False)
+        # a regression target's scale: predictions are ``out * y_scale + y_shift``
+        self.register_buffer("y_shift", torch.zeros(()), persistent=False)
+        self.register_buffer("y_scale", torch.ones(()), persistent=False)
         self.net = net
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         filled = torch.where(torch.isnan(rows), self.fill, rows)
         out: torch.Tensor = self.net((filled - self.shift) / self.scale)
         return out
+
+    def values(self, out: torch.Tensor) -> torch.Tensor:
+        """Regression outputs on the target's scale."""
+        return out.reshape(-1) * self.y_scale + self.y_shift
 
 
 def build_net(contract: TaskContract) -> nn.Sequential:
@@ -169,11 +185,13 @@ class TabularStatistics:
         """Set ``model``'s preprocessing (and the target scale the loss uses) from ``vector``."""
         assert isinstance(model, TabularModel)
         fill, shift, scale = self.preprocessing(vector)
+        self.y_shift, self.y_scale = self.target_scale(vector)
         with torch.no_grad():
             model.fill.copy_(torch.from_numpy(fill))
             model.shift.copy_(torch.from_numpy(shift))
             model.scale.copy_(torch.from_numpy(scale))
-        self.y_shift, self.y_scale = self.target_scale(vector)
+            model.y_shift.fill_(self.y_shift)
+            model.y_scale.fill_(self.y_scale)
 
     def rebase(
         self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray
@@ -221,27 +239,16 @@ class TabularStatistics:
             out["target"] = {"mean": mean, "std": std}
         return out
 
-    # ---- outputs
 
-    def values(self, out: torch.Tensor) -> torch.Tensor:
-        """Regression output on the target's scale."""
-        return out.reshape(-1) * self.y_scale + self.y_shift
+
+def _values(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    assert isinstance(model, TabularModel)
+    return model.values(out)
 
 
 def _scale(std: float, mean: float) -> float:
     """A divisor for standardising: the deviation, or 1 for a (nearly) constant column."""
     return std if std > 1e-9 * max(1.0, abs(mean)) else 1.0
-
-
-def classification_metrics(task: Task, model: nn.Module, data: Dataset) -> dict[str, float]:
-    if len(data) == 0:
-        return {}
-    model.eval()
-    with torch.no_grad():
-        out = model(data.features)
-        loss = float(task.loss(out, data.labels))
-        acc = float((out.argmax(dim=1) == data.labels).float().mean())
-    return {"accuracy": acc, "loss": loss}
 
 
 def regression_metrics(
@@ -257,7 +264,7 @@ def regression_metrics(
         with torch.no_grad():
             out = model(data.features)
             loss = float(task.loss(out, data.labels))
-            pred = stats.values(out).double()
+            pred = _values(model, out).double()
         scores = regression_report(pred.numpy(), data.labels.double().numpy())
         return {k: float("nan") if v is None else float(v) for k, v in scores.items()} | {
             "loss": loss
@@ -296,7 +303,7 @@ def contract_task(contract: TaskContract, records: Records | None, options: Task
         with torch.no_grad():
             out = model(rows)
             if regression:
-                return stats.values(out).double().numpy()
+                return _values(model, out).double().numpy()
             return torch.softmax(out.double(), dim=1).numpy()
 
     def reader(path: Path, need_target: bool) -> Records:
@@ -309,7 +316,7 @@ def contract_task(contract: TaskContract, records: Records | None, options: Task
         train=train,
         validation=validation,
         loss=loss,
-        evaluate=regression_metrics(stats) if regression else classification_metrics,
+        evaluate=regression_metrics(stats) if regression else accuracy_and_loss,
         description=contract.describe() + (f"; {note}" if note else ""),
         identity=contract.canonical(),
         kind=contract.kind,
