@@ -27,6 +27,9 @@ import numpy as np
 from gossiplearn.errors import RemoteProtocolError
 
 TOLERANCE = 1e-9  # relative slack for the consistency checks (float64 rounding of the average)
+# A variance below this share of mean² is rounding noise of ``squares/count - mean²`` (float64
+# sums of float32 values), not spread: such a column is constant.
+NOISE = 1e-10
 
 
 class BadStatistics(RemoteProtocolError):
@@ -90,7 +93,9 @@ def moment(vector: np.ndarray, at: tuple[int, int, int]) -> Moment:
     if count <= 0:
         return Moment(0.0, 0.0, 0.0)
     mean = total / count
-    var = max(squares / count - mean * mean, 0.0)
+    var = squares / count - mean * mean
+    if var <= NOISE * mean * mean:
+        var = 0.0
     return Moment(count, mean, math.sqrt(var))
 
 

@@ -70,7 +70,7 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     kind: str = "linear"
-    hidden: tuple[int, ...] = (64,)  # mlp: the hidden layers' widths
+    hidden: tuple[int, ...] = ()  # mlp: the hidden layers' widths (none for linear)
 
     def describe(self, inputs: int, outputs: int) -> str:
         if self.kind == "linear":
@@ -151,6 +151,8 @@ def _canon(value: Any) -> Any:
         return [[str(k), _canon(value[k])] for k in sorted(value, key=str)]
     if isinstance(value, list | tuple):
         return [_canon(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return repr(value)  # msgpack holds 64-bit integers
     if isinstance(value, bool | int | str | bytes) or value is None:
         return value
     if isinstance(value, float):
@@ -186,13 +188,13 @@ def contract_from_mapping(data: Mapping[str, Any], where: str) -> TaskContract:
     for key in data:
         if key not in known:
             reader.fail(key, f"unknown; a contract has {', '.join(sorted(known))}")
-    task = reader.table(data, "task")
+    task = reader.table(data, "task", keys={"name", "format"})
     fmt = task.get("format", FORMAT)
-    if fmt != FORMAT:
+    if isinstance(fmt, bool) or fmt != FORMAT:
         reader.fail("task.format", f"is {fmt!r}; this gossiplearn reads format {FORMAT}")
     name = reader.text(task, "task.name", task.get("name"))
 
-    t = reader.table(data, "target")
+    t = reader.table(data, "target", keys={"column", "kind", "classes"})
     kind = reader.choice("target.kind", t.get("kind", "classification"), KINDS)
     target = Target(
         column=reader.text(t, "target.column", t.get("column")),
@@ -204,11 +206,12 @@ def contract_from_mapping(data: Mapping[str, Any], where: str) -> TaskContract:
     if kind == "regression" and target.classes:
         reader.fail("target.classes", "is for classification; remove it for regression")
 
-    m = reader.table(data, "model", required=False)
+    m = reader.table(data, "model", required=False, keys={"kind", "hidden"})
     model_kind = m.get("kind", "linear")
     model_kind = "linear" if model_kind == "logistic" else model_kind
+    reader.choice("model.kind", model_kind, MODELS)
     hidden = m.get("hidden", [64])
-    if (
+    if model_kind == "mlp" and (
         not isinstance(hidden, list)
         or not hidden
         or not all(
@@ -216,12 +219,9 @@ def contract_from_mapping(data: Mapping[str, Any], where: str) -> TaskContract:
         )
     ):
         reader.fail("model.hidden", f"= {hidden!r}: expected a list of widths, e.g. [64]")
-    model = ModelSpec(
-        kind=reader.choice("model.kind", model_kind, (*MODELS, "logistic")),
-        hidden=tuple(hidden) if model_kind == "mlp" else (),
-    )
+    model = ModelSpec(kind=model_kind, hidden=tuple(hidden) if model_kind == "mlp" else ())
 
-    mi = reader.table(data, "missing", required=False)
+    mi = reader.table(data, "missing", required=False, keys={"values", "policy"})
     missing = Missing(
         values=reader.names("missing.values", mi.get("values", list(DEFAULT_MISSING)), empty=True),
         policy=reader.choice("missing.policy", mi.get("policy", "impute"), MISSING_POLICIES),
@@ -275,12 +275,18 @@ class _Reader:
     def fail(self, key: str, why: str) -> Any:
         raise UserError(f"task contract {self.where}: {key} {why}")
 
-    def table(self, data: Mapping[str, Any], key: str, required: bool = True) -> Mapping[str, Any]:
+    def table(
+        self, data: Mapping[str, Any], key: str, *, keys: set[str], required: bool = True
+    ) -> Mapping[str, Any]:
+        """The table ``[key]``, holding no keys but ``keys``."""
         value = data.get(key)
         if value is None and not required:
             return {}
         if not isinstance(value, Mapping):
             raise UserError(f"task contract {self.where}: [{key}] is missing or not a table")
+        unknown = sorted(set(value) - keys)
+        if unknown:
+            self.fail(f"{key}.{unknown[0]}", f"is unknown; [{key}] has {', '.join(sorted(keys))}")
         return value
 
     def text(self, table: Mapping[str, Any], key: str, value: Any) -> str:
@@ -310,8 +316,8 @@ class _Reader:
 
 
 def _q(text: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(text, ensure_ascii=False)
+    """A TOML basic string (JSON's escapes are TOML's; TOML also forbids a raw DEL)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _list(values: Sequence[str], indent: str = "", width: int = 96) -> str:

@@ -114,7 +114,11 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
+        if math.isnan(value):
+            return ""
+        if value.is_integer() and abs(value) < 2**53:
+            return str(int(value))  # as a CSV writes it: 3, not 3.0 (class labels must match)
+        return repr(value)
     return str(value)
 
 
@@ -160,8 +164,8 @@ class Encoded:
 
 def encode(table: RawTable, contract: TaskContract, *, need_target: bool) -> Encoded:
     """Encode ``table`` by ``contract``. ``need_target``: the target column must exist and rows
-    without a target are skipped; otherwise the target is read when present (for evaluation)
-    and ignored when absent (for prediction)."""
+    without a target are skipped (training, evaluation); otherwise the target is not read at
+    all (prediction: the column may be absent or hold anything)."""
     path = table.path
     index = {name: i for i, name in enumerate(table.header)}
     absent = [f.column for f in contract.features if f.column not in index]
@@ -172,8 +176,8 @@ def encode(table: RawTable, contract: TaskContract, *, need_target: bool) -> Enc
             f"{', '.join(table.header[:12])}"
         )
     target = contract.target
-    has_target = target.column in index
-    if need_target and not has_target:
+    has_target = need_target and target.column in index  # predictions ignore the target
+    if need_target and target.column not in index:
         raise UserError(
             f"{path}: no target column {target.column!r} (columns: {', '.join(table.header[:12])})"
         )
@@ -235,14 +239,19 @@ def encode(table: RawTable, contract: TaskContract, *, need_target: bool) -> Enc
     report.rows = row_out
     features = out[:row_out]
     labels: np.ndarray | None = None
-    if has_target and (need_target or len(targets) == row_out):
+    if has_target:
         dtype = np.int64 if target.kind == "classification" else np.float32
         labels = np.asarray(targets, dtype=dtype)
     return Encoded(features, labels, report, kept)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(cell: str, table: RawTable, r: int, column: str, what: str) -> float:
     try:
+        if "_" in cell:  # Python's float() reads 1_000; a data file does not mean that
+            raise ValueError(cell)
         value = float(cell)
     except ValueError:
         raise UserError(
@@ -251,6 +260,11 @@ def _number(cell: str, table: RawTable, r: int, column: str, what: str) -> float
         ) from None
     if not math.isfinite(value):
         raise UserError(f"{table.where(r)}: column {column!r} is not finite ({cell!r})")
+    if abs(value) > FLOAT32_MAX:
+        raise UserError(
+            f"{table.where(r)}: column {column!r} holds {cell!r}, beyond what a float32 model "
+            "input can hold; rescale the column"
+        )
     return value
 
 
@@ -273,6 +287,8 @@ def infer_contract(
     """Draft a contract from a sample file: each column numeric if every present cell is a
     number, else categorical with the values seen; text columns that look like identifiers
     are left out. Returns the contract and notes for the reviewer."""
+    if kind not in (None, "classification", "regression"):
+        raise UserError(f"target kind {kind!r} is not valid: use classification or regression")
     missing = missing or Missing(DEFAULT_MISSING, "impute")
     absent = frozenset(v.strip() for v in missing.values)
     if target not in table.header:
@@ -353,7 +369,9 @@ def infer_contract(
 
 
 def _is_number(text: str) -> bool:
+    if "_" in text:
+        return False
     try:
-        return math.isfinite(float(text))
+        return abs(float(text)) <= FLOAT32_MAX
     except ValueError:
         return False

@@ -3,7 +3,7 @@
 Pure numpy. Classification: accuracy, per-class precision, recall, F1 and support, their macro
 averages, and the confusion matrix (rows: true class, columns: predicted). Regression: RMSE,
 MAE and R² (1 - SSE / SST around the evaluated rows' own mean; None when the values are all
-equal).
+equal). Macro F1 averages the classes that occur among the true labels.
 """
 
 from __future__ import annotations
@@ -48,10 +48,13 @@ def classification_report(
 
 
 def regression_report(predictions: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    err = predictions.astype(np.float64) - truth.astype(np.float64)
-    sst = float(np.sum((truth - truth.mean()) ** 2))
+    truth = truth.astype(np.float64)
+    err = predictions.astype(np.float64) - truth
+    mean = float(truth.mean())
+    sst = float(np.sum((truth - mean) ** 2))
+    constant = sst <= 1e-12 * len(truth) * max(mean * mean, 1e-300)  # rounding noise only
     return {
         "rmse": float(np.sqrt(np.mean(err**2))),
         "mae": float(np.mean(np.abs(err))),
-        "r2": 1.0 - float(np.sum(err**2)) / sst if sst > 0 else None,
+        "r2": None if constant else 1.0 - float(np.sum(err**2)) / sst,
     }

@@ -14,9 +14,12 @@ Invariants:
 - The preprocessing values are not exchanged tensors: they follow from the statistics vector
   the peer holds (``TabularStatistics.apply``), which travels beside the model.
 - ``TabularStatistics.rebase`` changes the statistics a model was trained under without
-  changing what it computes: the first layer absorbs the change of numeric shifts and scales,
-  and for regression the last layer absorbs the change of the target's. (Exact for rows without
-  missing categorical cells, whose imputed frequencies move with the statistics.)
+  changing what it computes on a complete row: the first layer absorbs the change of numeric
+  shifts and scales, and for regression the last layer absorbs the change of the target's. A
+  missing cell is imputed with the *new* statistics (the consortium mean or frequencies move).
+- The regression loss standardises the target with ``TabularStatistics.y_shift``/``y_scale``,
+  the values of the last ``apply``: a trainer applies statistics to its own model only, and the
+  model file users load is never trained.
 """
 
 from __future__ import annotations
@@ -218,20 +221,20 @@ class TabularStatistics:
     def describe(self, vector: np.ndarray) -> dict[str, Any]:
         """The preprocessing values, per column, for ``status --json`` and exports."""
         columns: dict[str, Any] = {}
-        fill, shift, scale = self.preprocessing(vector)
+        fill = self.preprocessing(vector)[0]
         for f, c in zip(self.contract.features, self.columns, strict=True):
             if c.kind == "numeric":
+                m = moment(vector, (c.at[0], c.at[1], c.at[2]))
                 columns[f.column] = {
-                    "mean": float(shift[c.start]),
-                    "std": float(scale[c.start]),
+                    "mean": m.mean,
+                    "std": m.std,
                     "present": float(vector[c.at[0]] / vector[ROWS]) if vector[ROWS] else 0.0,
                 }
             else:
-                freq = fill[c.start : c.start + c.width]
+                freq = [float(v) for v in fill[c.start : c.start + c.width]]
                 columns[f.column] = {
-                    "frequencies": dict(
-                        zip([*f.categories, "(other)"], (float(v) for v in freq), strict=True)
-                    )
+                    "frequencies": dict(zip(f.categories, freq, strict=False)),
+                    "other": freq[-1],
                 }
         out: dict[str, Any] = {"columns": columns}
         if self.target_at is not None:
@@ -240,15 +243,15 @@ class TabularStatistics:
         return out
 
 
-
 def _values(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
     assert isinstance(model, TabularModel)
     return model.values(out)
 
 
 def _scale(std: float, mean: float) -> float:
-    """A divisor for standardising: the deviation, or 1 for a (nearly) constant column."""
-    return std if std > 1e-9 * max(1.0, abs(mean)) else 1.0
+    """A divisor for standardising: the deviation, or 1 for a constant column (``moment``
+    reports no deviation for one)."""
+    return std if std > 0.0 else 1.0
 
 
 def regression_metrics(
