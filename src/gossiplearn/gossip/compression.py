@@ -95,8 +95,10 @@ def encode(
         else:
             peak = float(np.max(np.abs(x))) if x.size else 0.0
             scale = peak / 127.0 if peak > 0 else 0.0
+            if not np.float32(scale):  # all zero, or so small that the scale underflows float32
+                scale = 0.0
             w = (
-                np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
+                np.clip(np.rint(x / np.float32(scale)), -127, 127).astype(np.int8)
                 if scale
                 else np.zeros(x.shape, np.int8)
             )
