@@ -21,11 +21,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/gossiplearn demo
 
+# Two workers for everything but the slow tests, then the slow ones alone: the chaos test
+# compares against a calm run and measures accuracy, so it gets the machine to itself.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 -m 'not slow'
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q -n 2 -m 'not slow'
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

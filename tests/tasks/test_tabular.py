@@ -524,3 +524,24 @@ def test_digits_reader_scales_pixels_by_a_sixteenth(tmp_path: Path) -> None:
     gap = write_csv(tmp_path / "g.csv", header, [["", *rows[0][1:]]])
     with pytest.raises(UserError, match=r"line 2: column 'pixel_0_0' is missing"):
         digits.read_file(gap, False)
+
+
+def test_a_column_constant_in_a_members_file_keeps_its_weights_when_rebased(
+    tmp_path: Path,
+) -> None:
+    """A member whose rows all hold one age saw that column as 0 and never learnt its weights;
+    when the consortium's ages (deviation ~12) arrive, the weights keep their size, and the
+    member's own rows keep their outputs."""
+    rows = [["37", *r[1:]] for r in churn_rows(1, 30, missing=False)]
+    task = setup(tmp_path, CLASSIFY, CHURN_HEADER, rows)
+    stats = stats_of(task)
+    consortium, _ = other_vectors(task, 3)
+    assert stats.describe(stats.local)["columns"]["age"]["std"] == 0.0
+    assert stats.describe(consortium)["columns"]["age"]["std"] > 5.0
+    x = all_rows(task)
+    before, after, model = rebased_outputs(task, stats.local, consortium, x, 0)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    fresh = task.build_model()
+    age = fresh.state_dict()["net.0.weight"][:, 0]
+    torch.testing.assert_close(model.state_dict()["net.0.weight"][:, 0], age)

@@ -25,7 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,10 +200,16 @@ class TabularStatistics:
         self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray
     ) -> dict[str, np.ndarray]:
         """``tensors`` (a model trained under the statistics ``old``) moved to ``new`` without
-        changing its function; a new dict, the inputs untouched."""
+        changing its function; a new dict, the inputs untouched.
+
+        A numeric column that was constant under ``old`` (a member whose rows all hold one
+        value, common in skewed data) reached the model as 0 on every row, so its weights never
+        learnt: they keep their size, and only the rows ``old`` described (all at that value)
+        keep their outputs. Scaling them by the new deviation would blow them up for nothing."""
         out = dict(tensors)
         _, a0, s0 = self.preprocessing(old)
         _, a1, s1 = self.preprocessing(new)
+        s0 = np.where(self._constant(old), s1, s0)
         w_name, b_name = f"{self.first}.weight", f"{self.first}.bias"
         w = tensors[w_name].astype(np.float64)
         b = tensors[b_name].astype(np.float64)
@@ -217,6 +223,14 @@ class TabularStatistics:
             out[w_name] = (w * (d0 / d1)).astype(tensors[w_name].dtype)
             out[b_name] = ((b * d0 + m0 - m1) / d1).astype(tensors[b_name].dtype)
         return out
+
+    def _constant(self, vector: np.ndarray) -> np.ndarray:
+        """Per model input: a numeric column with no deviation under ``vector``."""
+        mask = np.zeros(self.contract.inputs, dtype=bool)
+        for c in self.columns:
+            if c.kind == "numeric":
+                mask[c.start] = moment(vector, (c.at[0], c.at[1], c.at[2])).std == 0.0
+        return mask
 
     def describe(self, vector: np.ndarray) -> dict[str, Any]:
         """The preprocessing values, per column, for ``status --json`` and exports."""
@@ -254,26 +268,18 @@ def _scale(std: float, mean: float) -> float:
     return std if std > 0.0 else 1.0
 
 
-def regression_metrics(
-    stats: TabularStatistics,
-) -> Callable[[Task, nn.Module, Dataset], dict[str, float]]:
+def regression_metrics(task: Task, model: nn.Module, data: Dataset) -> dict[str, float]:
     """Validation metrics of a regression model: the loss (standardised MSE), RMSE, MAE and
-    R² on the target's scale."""
-
-    def evaluate(task: Task, model: nn.Module, data: Dataset) -> dict[str, float]:
-        if len(data) == 0:
-            return {}
-        model.eval()
-        with torch.no_grad():
-            out = model(data.features)
-            loss = float(task.loss(out, data.labels))
-            pred = _values(model, out).double()
-        scores = regression_report(pred.numpy(), data.labels.double().numpy())
-        return {k: float("nan") if v is None else float(v) for k, v in scores.items()} | {
-            "loss": loss
-        }
-
-    return evaluate
+    R² on the target's scale (NaN when undefined)."""
+    if len(data) == 0:
+        return {}
+    model.eval()
+    with torch.no_grad():
+        out = model(data.features)
+        loss = float(task.loss(out, data.labels))
+        pred = _values(model, out).double()
+    scores = regression_report(pred.numpy(), data.labels.double().numpy())
+    return {k: float("nan") if v is None else float(v) for k, v in scores.items()} | {"loss": loss}
 
 
 def contract_task(contract: TaskContract, records: Records | None, options: TaskOptions) -> Task:
@@ -319,7 +325,7 @@ def contract_task(contract: TaskContract, records: Records | None, options: Task
         train=train,
         validation=validation,
         loss=loss,
-        evaluate=regression_metrics(stats) if regression else accuracy_and_loss,
+        evaluate=regression_metrics if regression else accuracy_and_loss,
         description=contract.describe() + (f"; {note}" if note else ""),
         identity=contract.canonical(),
         kind=contract.kind,
