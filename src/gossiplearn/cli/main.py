@@ -276,7 +276,7 @@ def task() -> None:
 @click.option(
     "--hidden", default="64", show_default=True, help="mlp: hidden widths, comma-separated."
 )
-@click.option("--name", help="A name for the task (default: the sample file's name).")
+@click.option("--name", help="A name for the task (default: the --out file's name, e.g. wine).")
 @click.option(
     "--out",
     required=True,
@@ -316,7 +316,7 @@ def task_init(  # noqa: PLR0917 - click passes each option
         contract, notes = infer_contract(
             table,
             target,
-            name=name or data.stem,
+            name=name or out.stem,
             kind=kind,
             model=ModelSpec(kind_model, widths if kind_model == "mlp" else ()),
         )

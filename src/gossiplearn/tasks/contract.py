@@ -350,7 +350,7 @@ def render_contract(
         "",
         "[target]",
         f"column = {_q(t.column)}",
-        f'kind = "{t.kind}"           # classification | regression',
+        f'kind = "{t.kind}"  # classification | regression',
     ]
     if t.kind == "classification":
         lines.append(
