@@ -42,12 +42,15 @@ from gossiplearn.gossip.messages import (
 
 
 class Refused(RemoteProtocolError):
-    """The remote's model cannot be merged with ours; ``reason`` is a short stable key."""
+    """The remote's model cannot be merged with ours; ``reason`` is a short stable key.
+    ``offence``: whether the remote did wrong (False for another task: a peer of an older
+    version, which does not compare task digests, accepts a proposal it cannot serve)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, offence: bool = True) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.offence = offence
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ def check_offer(offer: ModelOffer, local: LocalModel) -> ModelOffer:
     the result is an exact offer of the decoded values, checked like any other. Statistics
     (``gossip.aggregate``) must be present exactly when our task has them, and valid sums."""
     if offer.task != local.task:
-        raise Refused("incompatible", task_mismatch(local.task, offer.task))
+        raise Refused("incompatible", task_mismatch(local.task, offer.task), offence=False)
     if offer.fingerprint != local.fingerprint:
         raise Refused("incompatible", "model fingerprint differs from ours")
     if offer.tensors.keys() != local.specs.keys():

@@ -704,7 +704,8 @@ class Node:
         self.counters.refuse(reason)
         self.view.failure(peer, trio.current_time())
         log.warning("refused model from %s: %s", peer, exc)
-        await self._offend(peer, reason)
+        if not isinstance(exc, Refused) or exc.offence:
+            await self._offend(peer, reason)
 
     def _count_bytes(self, framed: FramedStream | None) -> None:
         if framed is not None:

@@ -19,6 +19,7 @@ a checkpoint continues bit for bit as if it had not stopped.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Mapping
@@ -26,13 +27,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from gossiplearn.gossip.aggregate import SumsLayout
+from gossiplearn.gossip.aggregate import BadStatistics, SumsLayout, check
 from gossiplearn.gossip.merge import apply_merge, merge_delta
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, fingerprint, specs_of
 from gossiplearn.peer.checkpoint import TrainerState
 from gossiplearn.peer.config import TrainingConfig
 from gossiplearn.tasks.base import Task, task_identity
 from gossiplearn.tasks.contract import identity_digest
+
+log = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -186,6 +189,19 @@ class Trainer:
             if stats is not None:
                 self._move_statistics(np.asarray(stats, dtype=np.float64))
 
+    def _corrected(self, local: np.ndarray, local_then: np.ndarray) -> np.ndarray:
+        """Our statistics after our own file changed from ``local_then`` to ``local``: our old
+        rows' sums swapped for the new ones in our share, which keeps the consortium's total
+        right (``gossip.aggregate``). When that is not a valid set of sums (we held most of the
+        data and now hold far less), we start again from our own file's sums (lock held)."""
+        assert self.stats is not None and self.stats_layout is not None
+        swapped = self.stats + local - local_then
+        try:
+            return check(swapped, self.stats_layout)
+        except BadStatistics as exc:
+            log.warning("statistics restarted from our own data (the file changed: %s)", exc)
+            return local.copy()
+
     def _move_statistics(self, new: np.ndarray) -> None:
         """Rebase the model from ``self.stats`` to ``new`` and adopt ``new`` (lock held)."""
         statistics = self.task.statistics
@@ -289,6 +305,4 @@ class Trainer:
                 self.task.statistics.apply(self.model, self.stats)
                 local = np.asarray(self.task.statistics.local, dtype=np.float64)
                 if state.local_stats is not None and not np.array_equal(local, state.local_stats):
-                    # our file changed since: swap our old rows' sums for the new ones in our
-                    # share, which keeps the consortium's total right (gossip.aggregate)
-                    self._move_statistics(self.stats + local - state.local_stats)
+                    self._move_statistics(self._corrected(local, state.local_stats))

@@ -8,8 +8,9 @@ the consortium key; each member then trains on its own data through it.
 
 Invariants:
 - ``TaskContract.digest`` is a SHA-256 over the contract's canonical content (msgpack of plain
-  values with sorted keys): comments, key order and formatting of the file do not change it;
-  any change of meaning does. Two peers merge only when their digests are equal.
+  values, every map written as a list of [key, value] pairs sorted by key): comments, key
+  order and formatting of the file do not change it; any change of meaning does. Two peers
+  merge only when their digests are equal.
 - ``load_contract`` raises ``UserError`` naming the file and the key for anything invalid; a
   contract that loads is internally consistent (unique columns, at least one feature, two or
   more classes for classification, a target that is not a feature).
