@@ -276,6 +276,23 @@ def test_check_offer_refuses_another_fingerprint() -> None:
     assert "fingerprint" in info.value.detail
 
 
+@pytest.mark.parametrize(
+    ("theirs", "offence"),
+    [(b"", False), (b"\x02" * 32, True)],
+    ids=["no-digest-older-peer", "another-digest-a-lie"],
+)
+def test_check_offer_refuses_another_task_and_blames_only_a_liar(
+    theirs: bytes, offence: bool
+) -> None:
+    t = tensors()
+    ours = LocalModel.of(specs_of(t), 100, encoded_model_size(t), task=b"\x01" * 32)
+    with pytest.raises(Refused) as info:
+        check_offer(ModelOffer(ours.fingerprint, 1, 1, None, None, t, task=theirs), ours)
+    assert info.value.reason == "incompatible"
+    assert "task contract differs (ours 010101010101" in info.value.detail
+    assert info.value.offence is offence
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_check_offer_refuses_non_finite_values(bad: float) -> None:
     ours = local()

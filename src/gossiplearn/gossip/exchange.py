@@ -43,8 +43,9 @@ from gossiplearn.gossip.messages import (
 
 class Refused(RemoteProtocolError):
     """The remote's model cannot be merged with ours; ``reason`` is a short stable key.
-    ``offence``: whether the remote did wrong (False for another task: a peer of an older
-    version, which does not compare task digests, accepts a proposal it cannot serve)."""
+    ``offence``: whether the remote did wrong (False for an offer with no task digest: a peer
+    of an older version, which does not compare digests, accepts a proposal it cannot serve;
+    an offer of another digest than the one agreed at the Propose is a lie and an offence)."""
 
     def __init__(self, reason: str, detail: str, *, offence: bool = True) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -110,7 +111,9 @@ def check_offer(offer: ModelOffer, local: LocalModel) -> ModelOffer:
     the result is an exact offer of the decoded values, checked like any other. Statistics
     (``gossip.aggregate``) must be present exactly when our task has them, and valid sums."""
     if offer.task != local.task:
-        raise Refused("incompatible", task_mismatch(local.task, offer.task), offence=False)
+        raise Refused(
+            "incompatible", task_mismatch(local.task, offer.task), offence=offer.task != b""
+        )
     if offer.fingerprint != local.fingerprint:
         raise Refused("incompatible", "model fingerprint differs from ours")
     if offer.tensors.keys() != local.specs.keys():
