@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from bench.report import Section
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.gossip.messages import PeerRecord
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
-from gossiplearn.peer.host import Libp2pTransport
-from gossiplearn.peer.node import Node, NodeConfig
+from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.peer.sim import VectorLearner
 
 SIZES = (1_000_000, 10_000_000, 50_000_000)
@@ -159,7 +159,7 @@ def _cipher() -> float:
 
 def run() -> Section:
     # the node logs why an exchange failed at INFO; here that is all it logs, so show it
-    node_log = logging.getLogger("gossiplearn.peer.node")
+    node_log = logging.getLogger("gossiplearn.peer.node.node")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("    %(levelname)s %(message)s"))
     node_log.addHandler(handler)

@@ -41,9 +41,9 @@ import trio.testing
 from bench.plots import pyplot as plt
 from bench.report import Section
 from gossiplearn.gossip.messages import encoded_model_size
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.sim import InlineLearner, build_simulation
-from gossiplearn.peer.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
 from gossiplearn.tasks.digits import make_task, union_of_shards
 

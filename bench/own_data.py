@@ -48,9 +48,9 @@ from gossiplearn.demo.runner import (
     _tail,
 )
 from gossiplearn.errors import UserError
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.home import init_home
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import Dataset, Records, TaskOptions
 from gossiplearn.tasks.contract import TaskContract, load_contract
 from gossiplearn.tasks.tabular import TabularStatistics, contract_task, read_records

@@ -16,7 +16,7 @@ import trio
 
 from bench.report import Section
 from gossiplearn.errors import UserError
-from gossiplearn.peer.home import init_home
+from gossiplearn.peer.home.home import init_home
 from gossiplearn.peer.status import fetch_status
 
 HIDDEN = (64, 65536)  # the digits MLP 64-H-10: 4,810 and 4,916,234 parameters

@@ -12,8 +12,8 @@ from bench.report import Section
 from gossiplearn.demo.runner import DemoSettings, run_demo
 from gossiplearn.gossip.compression import encode as compression_encode
 from gossiplearn.gossip.messages import encoded_model_size
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import TaskOptions
 from gossiplearn.tasks.digits import make_task
 

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from bench.report import Section
-from gossiplearn.peer.config import GossipConfig
+from gossiplearn.peer.home.config import GossipConfig
 from gossiplearn.peer.sim import Simulation, VectorLearner, build_simulation
 
 SIZES = (10, 30, 100, 300, 1000)

@@ -31,11 +31,11 @@ from attacker import (
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.gossip.messages import fingerprint
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
-from gossiplearn.peer.host import Libp2pTransport
-from gossiplearn.peer.learner import ThreadedLearner
-from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.learning.learner import ThreadedLearner
+from gossiplearn.peer.learning.trainer import Trainer
+from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.tasks.base import TaskOptions, task_identity
 from gossiplearn.tasks.contract import identity_digest
 from gossiplearn.tasks.digits import make_task

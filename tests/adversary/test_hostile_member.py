@@ -26,11 +26,11 @@ from attacker import ATTACKS, VARIANTS, Attacker, AttackFailed, Outcome, Templat
 
 from gossiplearn.crypto.consortium import ConsortiumKey, Members
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
-from gossiplearn.peer.host import Libp2pTransport
-from gossiplearn.peer.learner import ThreadedLearner
-from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.learning.learner import ThreadedLearner
+from gossiplearn.peer.learning.trainer import Trainer
+from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.tasks.base import TaskOptions
 from gossiplearn.tasks.digits import make_task
 

@@ -35,12 +35,12 @@ import trio
 from gossiplearn.crypto.consortium import ConsortiumKey, write_key_file
 from gossiplearn.demo.baselines import saved_model_accuracy, shard_task
 from gossiplearn.errors import UserError
-from gossiplearn.peer.checkpoint import load_checkpoint
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.home import init_home
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.home.checkpoint import load_checkpoint
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.status import fetch_status
-from gossiplearn.peer.trainer import Trainer
 from gossiplearn.tasks.base import TaskOptions
 
 CLI = [sys.executable, "-m", "gossiplearn"]

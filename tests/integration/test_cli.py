@@ -14,7 +14,7 @@ from typing import Any
 
 from clitools import CLI, Peer, run
 
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model
 
 DEADLINE = 90.0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from clitools import Peer, run
 
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 
 DEADLINE = 60.0
 KEY_ID = re.compile(r"consortium key ([0-9a-f]{8}) written to")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from clitools import CLI
 
-from gossiplearn.peer.checkpoint import CURRENT_NAME, PREVIOUS_NAME, load_checkpoint
+from gossiplearn.peer.home.checkpoint import CURRENT_NAME, PREVIOUS_NAME, load_checkpoint
 
 DEADLINE = 60.0
 
@@ -26,7 +26,7 @@ WRITER = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from gossiplearn.gossip.stats import ExchangeCounters
-    from gossiplearn.peer.checkpoint import (
+    from gossiplearn.peer.home.checkpoint import (
         Checkpoint, NodeState, TrainerState, encode_checkpoint, save_checkpoint)
     home, step = Path(sys.argv[1]), int(sys.argv[2])
     weights = np.random.default_rng(step).standard_normal(1 << 20).astype(np.float32)  # 4 MiB

@@ -12,11 +12,11 @@ import torch
 import trio
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
-from gossiplearn.peer.host import Libp2pTransport
-from gossiplearn.peer.learner import ThreadedLearner
-from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.learning.learner import ThreadedLearner
+from gossiplearn.peer.learning.trainer import Trainer
+from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.tasks.base import Dataset, Task, TaskOptions, mlp
 from gossiplearn.tasks.digits import make_task
 

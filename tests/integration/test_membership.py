@@ -13,9 +13,9 @@ from gossiplearn.crypto.consortium import ConsortiumKey, Members
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError
 from gossiplearn.gossip.messages import PeerRecord
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
-from gossiplearn.peer.host import Libp2pTransport
-from gossiplearn.peer.node import PEERS_PROTOCOL, Node, NodeConfig
+from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.node.node import PEERS_PROTOCOL, Node, NodeConfig
 from gossiplearn.peer.sim import VectorLearner
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]

@@ -37,7 +37,7 @@ def _onnx_against_predictions(model: Path, data: Path, contract: Path, preds: Pa
     """The exported graph, fed the raw file, gives what `predict` wrote (to 1e-5)."""
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     from gossiplearn.peer.app import build_task  # the task `predict` used, from the contract
-    from gossiplearn.peer.config import PeerConfig, with_overrides
+    from gossiplearn.peer.home.config import PeerConfig, with_overrides
 
     config = with_overrides(PeerConfig(), {"task.contract": str(contract)})
     task = build_task(config, contract.parent, need_data=False)

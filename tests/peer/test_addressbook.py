@@ -11,7 +11,7 @@ import pytest
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.gossip.messages import PeerRecord
 from gossiplearn.gossip.sampling import PeerEntry
-from gossiplearn.peer.addressbook import (
+from gossiplearn.peer.home.addressbook import (
     MAX_ADDRS,
     MAX_PEERS,
     encode_book,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from gossiplearn.errors import CheckpointError
 from gossiplearn.gossip.messages import WIRE_DTYPES
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
-from gossiplearn.peer.checkpoint import (
+from gossiplearn.peer.home.checkpoint import (
     _HEADER,
     BAD_NAME,
     CURRENT_NAME,
@@ -33,10 +33,10 @@ from gossiplearn.peer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME
-from gossiplearn.peer.resume import resume, save_model_file
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.home.resume import resume, save_model_file
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
 from gossiplearn.tasks.digits import make_task
 

@@ -9,7 +9,7 @@ import platformdirs
 import pytest
 
 from gossiplearn.errors import UserError
-from gossiplearn.peer.config import (
+from gossiplearn.peer.home.config import (
     CONFIG_FILE_NAME,
     DEFAULT_CONFIG_TEXT,
     HOME_ENV,

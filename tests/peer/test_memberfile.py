@@ -8,14 +8,14 @@ import pytest
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import UserError
-from gossiplearn.peer.config import (
+from gossiplearn.peer.home.config import (
     CONFIG_FILE_NAME,
     DEFAULT_CONFIG_TEXT,
     SecurityConfig,
     load_config_file,
 )
-from gossiplearn.peer.home import init_home
-from gossiplearn.peer.memberfile import add_member, list_members, remove_member
+from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.members import add_member, list_members, remove_member
 
 
 @pytest.fixture

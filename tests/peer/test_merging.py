@@ -9,7 +9,7 @@ from gossiplearn.gossip.exchange import Merge, Refused
 from gossiplearn.gossip.merge import MergeKind, measure
 from gossiplearn.gossip.messages import ModelOffer
 from gossiplearn.gossip.screening import Screen, ScreeningConfig
-from gossiplearn.peer.merging import Applied, ModelMerger
+from gossiplearn.peer.node.merging import Applied, ModelMerger
 from gossiplearn.peer.sim import VectorLearner
 
 TARGET = {"w": np.full(8, 3.0)}

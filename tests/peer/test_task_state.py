@@ -18,17 +18,17 @@ import trio
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.aggregate import average
 from gossiplearn.gossip.stats import ExchangeCounters
-from gossiplearn.peer.checkpoint import (
+from gossiplearn.peer.home.checkpoint import (
     Checkpoint,
     NodeState,
     decode_checkpoint,
     encode_checkpoint,
     save_checkpoint,
 )
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.home import init_home
-from gossiplearn.peer.resume import resume, save_model_file
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.resume import resume, save_model_file
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.usage import evaluate, open_model, predict
 from gossiplearn.tasks import digits
 from gossiplearn.tasks.base import TaskOptions

@@ -11,8 +11,8 @@ import trio
 
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError
-from gossiplearn.peer.host import Libp2pTransport
-from gossiplearn.peer.transport import MemoryNetwork, Stream, Transport
+from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.net.transport import MemoryNetwork, Stream, Transport
 
 PROTO = "/gossiplearn/test-echo/1.0.0"
 

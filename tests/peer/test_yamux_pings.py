@@ -16,8 +16,8 @@ import trio
 from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FORMAT
 
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.peer.host import Libp2pStream, Libp2pTransport
-from gossiplearn.peer.transport import Stream
+from gossiplearn.peer.net.host import Libp2pStream, Libp2pTransport
+from gossiplearn.peer.net.transport import Stream
 
 PROTO = "/gossiplearn/test-bulk/1.0.0"
 SIZE = 8 << 20  # bytes each side sends per round

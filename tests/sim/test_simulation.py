@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import trio
 
-from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
-from gossiplearn.peer.node import EXCHANGE_PROTOCOL, PEERS_PROTOCOL, Node
+from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.net.transport import Stream
+from gossiplearn.peer.node.node import EXCHANGE_PROTOCOL, PEERS_PROTOCOL, Node
 from gossiplearn.peer.sim import VectorLearner, build_simulation
-from gossiplearn.peer.transport import Stream
 
 
 def _random_learners(n: int, seed: int, dim: int = 50) -> list[VectorLearner]:

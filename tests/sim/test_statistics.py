@@ -11,9 +11,9 @@ import trio
 
 from gossiplearn.demo.companies import customers
 from gossiplearn.gossip.aggregate import spread
-from gossiplearn.peer.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.sim import InlineLearner, build_simulation
-from gossiplearn.peer.trainer import Trainer
 from gossiplearn.tasks.base import TaskOptions
 from gossiplearn.tasks.contract import render_contract
 from gossiplearn.tasks.records import infer_contract, read_table

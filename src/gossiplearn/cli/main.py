@@ -42,8 +42,8 @@ def cli() -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
 def init(home: Path | None) -> None:
     """Create the peer's home: an Ed25519 identity (mode 0600) and a commented peer.toml."""
-    from gossiplearn.peer.config import resolve_home
-    from gossiplearn.peer.home import init_home
+    from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.home.home import init_home
 
     try:
         result = init_home(resolve_home(home))
@@ -179,8 +179,8 @@ START_FLAGS: dict[str, str] = {
 def start(home: Path | None, log_level: str, **flags: Any) -> None:
     """Run this company's peer in the foreground until Ctrl-C or SIGTERM."""
     from gossiplearn.peer.app import run_peer
-    from gossiplearn.peer.config import resolve_home
-    from gossiplearn.peer.node import Node
+    from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.node.node import Node
 
     _setup_logging(log_level)
     for name in ("consortium_key", "contract", "data"):  # relative to where the command runs
@@ -214,7 +214,7 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
 def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> None:
     """Show the running peer's convergence: accuracy, loss, consensus distance, exchanges."""
     from gossiplearn.cli.render import render_status
-    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.home.config import resolve_home
     from gossiplearn.peer.status import fetch_status
 
     resolved = resolve_home(home)
@@ -339,7 +339,7 @@ def task_init(  # noqa: PLR0917 - click passes each option
 
 
 def _open_model(home: Path | None, contract: Path | None) -> Any:
-    from gossiplearn.peer.config import resolve_home
+    from gossiplearn.peer.home.config import resolve_home
     from gossiplearn.peer.usage import open_model
 
     overrides = {"task.contract": str(contract.expanduser().resolve())} if contract else {}
@@ -474,8 +474,8 @@ def members() -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
 def members_add(peer_id: str, name: str, home: Path | None) -> None:
     """Admit PEER_ID (printed by its `gossiplearn init`) under a display NAME."""
-    from gossiplearn.peer.config import resolve_home
-    from gossiplearn.peer.memberfile import add_member
+    from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.home.members import add_member
 
     try:
         new = add_member(resolve_home(home), peer_id, name)
@@ -490,8 +490,8 @@ def members_add(peer_id: str, name: str, home: Path | None) -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
 def members_remove(who: str, home: Path | None) -> None:
     """Remove a member, by peer ID or by name (a running peer disconnects it)."""
-    from gossiplearn.peer.config import resolve_home
-    from gossiplearn.peer.memberfile import remove_member
+    from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.home.members import remove_member
 
     try:
         peer_id = remove_member(resolve_home(home), who)
@@ -506,8 +506,8 @@ def members_remove(who: str, home: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object peer ID → name.")
 def members_list(home: Path | None, as_json: bool) -> None:
     """List the members; an empty list admits every holder of the consortium key."""
-    from gossiplearn.peer.config import resolve_home
-    from gossiplearn.peer.memberfile import list_members
+    from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.home.members import list_members
 
     try:
         listed = list_members(resolve_home(home))

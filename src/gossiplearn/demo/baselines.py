@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from gossiplearn.gossip.messages import fingerprint, specs_of
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.modelfile import load_model
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.modelfile import load_model
+from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import Dataset, Task, TaskOptions
 from gossiplearn.tasks.digits import make_task, union_of_shards
 

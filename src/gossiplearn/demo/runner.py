@@ -39,9 +39,9 @@ from gossiplearn.demo.baselines import (
     shard_task,
 )
 from gossiplearn.errors import UserError
-from gossiplearn.peer.config import TrainingConfig
-from gossiplearn.peer.home import init_home
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 from gossiplearn.peer.status import fetch_status
 from gossiplearn.tasks.base import TaskOptions
 from gossiplearn.tasks.partition import parse_partition

@@ -23,27 +23,32 @@ from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.consortium import load_key_file as load_consortium_key
 from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, load_key_file
 from gossiplearn.errors import UserError
-from gossiplearn.peer.addressbook import (
+from gossiplearn.peer.home.addressbook import (
     ADDRESS_BOOK_FILE_NAME,
     keep_address_book,
     load_address_book,
     save_if_changed,
 )
-from gossiplearn.peer.config import CONFIG_FILE_NAME, PeerConfig, load_config_file, with_overrides
-from gossiplearn.peer.home import home_lock
-from gossiplearn.peer.host import Libp2pTransport, parse_multiaddr
-from gossiplearn.peer.learner import ThreadedLearner
-from gossiplearn.peer.modelfile import model_file_bytes, write_atomic
-from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.resume import (
+from gossiplearn.peer.home.config import (
+    CONFIG_FILE_NAME,
+    PeerConfig,
+    load_config_file,
+    with_overrides,
+)
+from gossiplearn.peer.home.home import home_lock
+from gossiplearn.peer.home.modelfile import model_file_bytes, write_atomic
+from gossiplearn.peer.home.resume import (
     Checkpointer,
     model_offer,
     resume,
     resume_node,
     save_model_file,
 )
+from gossiplearn.peer.learning.learner import ThreadedLearner
+from gossiplearn.peer.learning.trainer import Trainer
+from gossiplearn.peer.net.host import Libp2pTransport, parse_multiaddr
+from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.peer.status import serve_model, serve_status
-from gossiplearn.peer.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
 from gossiplearn.tasks.partition import parse_partition, parse_shard
 from gossiplearn.tasks.registry import load_task

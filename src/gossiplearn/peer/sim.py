@@ -22,10 +22,10 @@ import trio
 from gossiplearn.gossip.aggregate import SumsLayout
 from gossiplearn.gossip.merge import apply_merge
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
-from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
-from gossiplearn.peer.learner import Learner, TrainerLearner
-from gossiplearn.peer.node import Node, NodeConfig
-from gossiplearn.peer.transport import MemoryNetwork
+from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.learning.learner import Learner, TrainerLearner
+from gossiplearn.peer.net.transport import MemoryNetwork
+from gossiplearn.peer.node.node import Node, NodeConfig
 
 
 class VectorLearner:

@@ -28,8 +28,8 @@ from torch import nn
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, short_digest, specs_of
 from gossiplearn.peer.app import CONTRACT_COPY, build_task, contract_path, load_peer_config
-from gossiplearn.peer.config import with_overrides
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model, parse_model_file
+from gossiplearn.peer.home.config import with_overrides
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model, parse_model_file
 from gossiplearn.peer.status import fetch_model
 from gossiplearn.tasks.base import Records, Task, task_identity
 from gossiplearn.tasks.contract import identity_digest

@@ -44,7 +44,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError, UserError
-from gossiplearn.peer.transport import Gate, Handler, Stream, open_gate
+from gossiplearn.peer.net.transport import Gate, Handler, Stream, open_gate
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the node needs from a network, and an in-memory implementation of it.
 
-``Transport`` is the small interface the node drives; ``peer/host.py`` implements it on libp2p
+``Transport`` is the small interface the node drives; ``peer/net/host.py`` implements it on libp2p
 and ``MemoryNetwork`` here implements it in one trio process (for the simulator and tests). Both
 raise ``TransportError`` (and only that) for failed dials and broken streams, and both run each
 inbound stream handler in a task of their own whose exceptions never escape.

@@ -25,8 +25,8 @@ from gossiplearn.crypto.identity import is_peer_id
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import PeerRecord
 from gossiplearn.gossip.sampling import PeerEntry
-from gossiplearn.peer.host import parse_multiaddr
-from gossiplearn.peer.modelfile import write_atomic
+from gossiplearn.peer.home.modelfile import write_atomic
+from gossiplearn.peer.net.host import parse_multiaddr
 
 ADDRESS_BOOK_FILE_NAME = "peers.json"
 FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ import trio
 
 from gossiplearn.gossip.aggregate import SumsLayout
 from gossiplearn.gossip.messages import TensorSpec
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.learning.trainer import Trainer
 
 
 class Learner(Protocol):

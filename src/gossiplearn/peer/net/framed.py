@@ -14,7 +14,7 @@ import trio
 from gossiplearn.errors import DecodeError, TransportError
 from gossiplearn.gossip.framing import FrameDecoder, frame_header
 from gossiplearn.gossip.messages import Limits, Message, decode, encode
-from gossiplearn.peer.transport import Stream
+from gossiplearn.peer.net.transport import Stream
 
 WRITE_CHUNK = 1 << 20  # 1 MiB writes: measured faster than 64 KiB on Noise + yamux
 READ_CHUNK = 1 << 20

@@ -27,7 +27,7 @@ import numpy as np
 from gossiplearn.gossip.exchange import Merge, Refused
 from gossiplearn.gossip.merge import MergeKind, merge_weight, merged_age
 from gossiplearn.gossip.screening import Action, Measures, Screen
-from gossiplearn.peer.learner import Learner
+from gossiplearn.peer.learning.learner import Learner
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Saving a running peer's progress and resuming it: the checkpoint service and start-up restore.
 
-``Checkpointer.run`` writes a checkpoint (``peer/checkpoint.py``) every ``checkpoint_interval``
+``Checkpointer.run`` writes a checkpoint (``peer/home/checkpoint.py``) every ``checkpoint_interval``
 seconds; ``run_peer`` writes a last one at shutdown, with ``model.glm`` (read by the demo and by
 older versions). ``resume`` restores the newest usable checkpoint into the trainer; its node
 part is applied with ``resume_node`` before the node runs, so counters and histories continue.
@@ -27,7 +27,7 @@ import trio
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
 from gossiplearn.gossip.stats import ExchangeCounters
-from gossiplearn.peer.checkpoint import (
+from gossiplearn.peer.home.checkpoint import (
     Checkpoint,
     NodeState,
     encode_checkpoint,
@@ -35,9 +35,9 @@ from gossiplearn.peer.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME, load_model, save_model
-from gossiplearn.peer.node import Node
-from gossiplearn.peer.trainer import Trainer
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model, save_model
+from gossiplearn.peer.learning.trainer import Trainer
+from gossiplearn.peer.node.node import Node
 
 log = logging.getLogger(__name__)
 

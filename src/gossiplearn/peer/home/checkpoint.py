@@ -38,7 +38,7 @@ import numpy as np
 from gossiplearn.errors import CheckpointError, DecodeError
 from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
-from gossiplearn.peer.modelfile import MODEL_FILE_NAME, write_atomic
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gossiplearn.crypto.identity import KEY_FILE_NAME, create_key_file
 from gossiplearn.errors import UserError
-from gossiplearn.peer.config import CONFIG_FILE_NAME, DEFAULT_CONFIG_TEXT
+from gossiplearn.peer.home.config import CONFIG_FILE_NAME, DEFAULT_CONFIG_TEXT
 
 LOCK_FILE_NAME = "peer.lock"
 

@@ -69,12 +69,12 @@ from gossiplearn.gossip.stats import (
     MetricsHistory,
     NeighbourStats,
 )
-from gossiplearn.peer.config import GossipConfig, SecurityConfig, TrainingConfig
-from gossiplearn.peer.framed import THREAD_THRESHOLD, FramedStream, close_quietly, first_error
-from gossiplearn.peer.learner import Learner
-from gossiplearn.peer.merging import ModelMerger
-from gossiplearn.peer.report import finite, node_status
-from gossiplearn.peer.transport import Handler, Stream, Transport
+from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.learning.learner import Learner
+from gossiplearn.peer.net.framed import THREAD_THRESHOLD, FramedStream, close_quietly, first_error
+from gossiplearn.peer.net.transport import Handler, Stream, Transport
+from gossiplearn.peer.node.merging import ModelMerger
+from gossiplearn.peer.node.report import finite, node_status
 
 log = logging.getLogger(__name__)
 
@@ -714,5 +714,5 @@ class Node:
             framed.bytes_sent = framed.bytes_received = 0
 
     def status(self) -> dict[str, Any]:
-        """Everything ``gossiplearn status`` shows, JSON-serialisable (see ``peer/report.py``)."""
+        """Everything ``gossiplearn status`` shows, JSON-serialisable (``node/report.py``)."""
         return node_status(self)

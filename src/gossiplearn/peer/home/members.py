@@ -16,7 +16,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from gossiplearn.crypto.consortium import Members, check_member
 from gossiplearn.errors import UserError
-from gossiplearn.peer.config import CONFIG_FILE_NAME, build_config, load_config_file
+from gossiplearn.peer.home.config import CONFIG_FILE_NAME, build_config, load_config_file
 
 
 def list_members(home: Path) -> Members:

@@ -15,7 +15,7 @@ import trio
 from gossiplearn.gossip.stats import NeighbourStats
 
 if TYPE_CHECKING:
-    from gossiplearn.peer.node import Node
+    from gossiplearn.peer.node.node import Node
 
 
 def finite(x: float | None) -> float | None:
