@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from bench.report import Section
 from gossiplearn.crypto.identity import Identity
+from gossiplearn.gossip.exchange import Outcome
 from gossiplearn.gossip.messages import PeerRecord
 from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
 from gossiplearn.peer.net.host import Libp2pTransport
-from gossiplearn.peer.node.node import Node, NodeConfig
+from gossiplearn.peer.node.node import EXCHANGE_PROTOCOL, Node, NodeConfig
 from gossiplearn.peer.sim import VectorLearner
 
 SIZES = (1_000_000, 10_000_000, 50_000_000)
@@ -45,7 +46,7 @@ def _node(transport: Libp2pTransport, params: int, seed: int, compression: str =
     )
     node = Node(transport, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1),
                 config)  # fmt: skip
-    transport.set_handler("/gossiplearn/exchange/1.0.0", node._on_exchange)
+    transport.set_handler(EXCHANGE_PROTOCOL, node.exchanges.on_stream)
     return node
 
 
@@ -68,18 +69,21 @@ async def _timed_exchanges(a: Node, peer: str) -> float:
     while len(times) < REPEATS:
         start = time.perf_counter()
         outcome = await a.initiate(peer)
-        if outcome == "declined":
+        if outcome is Outcome.DECLINED:
             await trio.sleep(0.05)
             continue
-        if outcome in ("failed", "refused") and failures < MAX_FAILURES:
+        if outcome in (Outcome.FAILED, Outcome.REFUSED) and failures < MAX_FAILURES:
             # seen before the yamux deadlock was fixed (docs/libp2p-notes.md, 13); retried, not
             # timed, and said, with the node's reason logged above it and a count in the report
             failures += 1
-            RETRIED.append(outcome)
-            print(f"    an exchange {outcome}; retrying ({failures} of {MAX_FAILURES})", flush=True)
+            RETRIED.append(outcome.value)
+            print(
+                f"    an exchange {outcome.value}; retrying ({failures} of {MAX_FAILURES})",
+                flush=True,
+            )
             a.view.learn(record, trio.current_time())  # redial it at once
             continue
-        assert outcome == "completed", outcome
+        assert outcome is Outcome.COMPLETED, outcome
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -159,7 +163,7 @@ def _cipher() -> float:
 
 def run() -> Section:
     # the node logs why an exchange failed at INFO; here that is all it logs, so show it
-    node_log = logging.getLogger("gossiplearn.peer.node.node")
+    node_log = logging.getLogger("gossiplearn.peer.node")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("    %(levelname)s %(message)s"))
     node_log.addHandler(handler)

@@ -162,7 +162,7 @@ def gossip_curve(
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    exchanges = sum(node.counters.completed for node in sim.nodes) / n
+    exchanges = sum(node.stats.counters.completed for node in sim.nodes) / n
     return curve, exchanges
 
 

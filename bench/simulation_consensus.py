@@ -45,7 +45,7 @@ async def _run(n: int) -> tuple[float, float, float]:
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
     # a completed exchange counts once on each of its two peers
-    per_peer = sum(node.counters.completed for node in sim.nodes) / n
+    per_peer = sum(node.stats.counters.completed for node in sim.nodes) / n
     return per_peer, elapsed, initial
 
 

@@ -28,6 +28,10 @@ class TransportError(GossipError):
     """A connection or stream failed (dial refused, reset, closed early, timed out)."""
 
 
+class StreamClosed(TransportError):
+    """The remote ended the stream cleanly between two frames (where a frame was expected)."""
+
+
 class UserError(GossipError):
     """A problem a person can fix: bad flag, bad file, no running peer. The text says how."""
 

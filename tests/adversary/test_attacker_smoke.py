@@ -183,7 +183,7 @@ async def test_every_attack_leaves_the_honest_node_serving_and_finite() -> None:
                 outcome.counts or "",
             )
             assert finite(trainer), kind
-        print("counters", node.counters)
+        print("counters", node.stats.counters)
 
         by_kind = {o.kind: o for o in outcomes}
         for kind in NEVER_MERGED:
@@ -197,10 +197,12 @@ async def test_every_attack_leaves_the_honest_node_serving_and_finite() -> None:
         assert report["attacks"] == len(ATTACKS)
 
         # A fresh honest peer still completes an exchange with the attacked node.
-        answered = node.counters.answered
+        answered = node.stats.counters.answered
         async with honest_nodes([ACTIVE], bootstrap=(addr,)) as [(other, other_trainer, _)]:
             with trio.fail_after(15):
-                while other.counters.completed == 0 or node.counters.answered == answered:
+                while (
+                    other.stats.counters.completed == 0 or node.stats.counters.answered == answered
+                ):
                     await trio.sleep(0.05)
             assert finite(other_trainer)
         assert finite(trainer)

@@ -93,7 +93,7 @@ class Consortium:
         return [
             sum(
                 s.exchanges
-                for q, s in p.node.neighbours.items()
+                for q, s in p.node.stats.neighbours.items()
                 if q in ids and q != p.node.peer_id
             )
             for p in self.peers
@@ -186,7 +186,7 @@ def growth(
 
 def served(peer: Honest) -> int:
     """Inbound exchanges ``peer`` has answered, by merging or by declining."""
-    return peer.node.counters.answered + peer.node.counters.declined_inbound
+    return peer.node.stats.counters.answered + peer.node.stats.counters.declined_inbound
 
 
 async def keep_going(c: Consortium, target: Honest | None = None) -> None:
@@ -201,7 +201,7 @@ async def keep_going(c: Consortium, target: Honest | None = None) -> None:
             ):
                 await trio.sleep(0.05)
     except trio.TooSlowError:
-        state = [(p.node.counters, p.node.status()["security"]) for p in c.peers]
+        state = [(p.node.stats.counters, p.node.status()["security"]) for p in c.peers]
         raise AssertionError(
             f"honest peers stalled: {start} -> {c.honest_exchanges()}: {state}"
         ) from None
@@ -249,7 +249,7 @@ async def run_kinds(c: Consortium, kinds: Iterable[str]) -> None:
             if (kind, variant) == ("truncated-frame", "fin"):
                 continue  # test_a_truncated_frame_is_refused_as_malformed
             before = records(target.node)
-            clipped = target.node.counters.clipped
+            clipped = target.node.stats.counters.clipped
             async with mallory(c, c.mallory.pop(), len(c.mallory)) as atk:
                 # the target may pick this member for an exchange of its own meanwhile: answer
                 # that one honestly, so that only the attack under test is counted
@@ -263,7 +263,7 @@ async def run_kinds(c: Consortium, kinds: Iterable[str]) -> None:
                 # the same norm as ours but far off: merged with its pull clipped, and being
                 # beyond twice the clipping radius, an offence
                 assert outcome.result == "merged", case
-                assert target.node.counters.clipped > clipped, case
+                assert target.node.stats.counters.clipped > clipped, case
                 assert grew == {"offences": {"outlier": 1}}, case
             elif (kind, variant) == ("other-architecture", "honest"):
                 assert outcome.result == "declined:incompatible", case
@@ -362,7 +362,7 @@ async def test_three_offences_ban_a_member_until_its_connections_are_refused() -
             ]
             # the gate now refuses its connections, before any stream can open
             with trio.fail_after(WAIT):
-                while target.node.connections_refused.get("banned", 0) == 0:
+                while target.node.stats.connections_refused.get("banned", 0) == 0:
                     with pytest.raises(AttackFailed, match="dial"):
                         await atk.attack(target.addr, "nan", variant="one-element")
         assert target.node.status()["exchanges"]["refused_by_reason"] == {"non-finite": 3}
@@ -467,7 +467,9 @@ async def poison(c: Consortium, seconds: float) -> list[int]:
             )
     print("campaign", Counter(o.result for o in outcomes), Counter(o.result for o in atk.inbound))
     return [
-        p.node.neighbours[ident.peer_id].exchanges if ident.peer_id in p.node.neighbours else 0
+        p.node.stats.neighbours[ident.peer_id].exchanges
+        if ident.peer_id in p.node.stats.neighbours
+        else 0
         for p in c.peers
     ]
 
@@ -475,17 +477,17 @@ async def poison(c: Consortium, seconds: float) -> list[int]:
 async def test_a_poisoning_campaign_is_contained() -> None:
     async with consortium(3, mallory=1) as c:
         await warm_up(c)
-        before = [(p.node.counters.clipped, p.node.counters.refused) for p in c.peers]
+        before = [(p.node.stats.counters.clipped, p.node.stats.counters.refused) for p in c.peers]
         exchanges = c.honest_exchanges()
         distance = max(relative_distances(c))
         merged = await poison(c, 10.0)
         defended = [
-            (p.node.counters.clipped - clipped, p.node.counters.refused - refused)
+            (p.node.stats.counters.clipped - clipped, p.node.stats.counters.refused - refused)
             for p, (clipped, refused) in zip(c.peers, before, strict=True)
         ]
         after = max(relative_distances(c))
         print("merged", merged, "(clipped, refused)", defended, "distance", distance, after)
-        print("offences", [p.node.offences for p in c.peers])
+        print("offences", [p.node.stats.offences for p in c.peers])
         assert all(finite(p.trainer) for p in c.peers)
         assert not any(p.ended for p in c.peers)
         assert all(clipped + refused > 0 for clipped, refused in defended)

@@ -95,7 +95,7 @@ async def test_three_libp2p_peers_converge_to_the_exact_weighted_average() -> No
         with trio.fail_after(60):
             while deviation() > 1e-5:
                 await trio.sleep(0.2)
-        assert all(node.counters.completed > 0 for node, _ in nodes)
+        assert all(node.stats.counters.completed > 0 for node, _ in nodes)
         assert all(len(node.view) == 2 for node, _ in nodes)  # peer exchange found the third
 
 
@@ -109,7 +109,10 @@ async def test_a_peer_with_another_task_is_refused_with_a_clear_log_line(
     async with running_nodes([*same, other], training) as nodes:
         before = nodes[2][1].snapshot()
         with trio.fail_after(60):
-            while nodes[2][0].counters.declined == 0 or nodes[0][0].counters.completed == 0:
+            while (
+                nodes[2][0].stats.counters.declined == 0
+                or nodes[0][0].stats.counters.completed == 0
+            ):
                 await trio.sleep(0.2)
         after = nodes[2][1].snapshot()
         incompatible = nodes[2][0].status()["incompatible"]
@@ -126,7 +129,10 @@ async def test_training_runs_in_a_thread_and_accuracy_improves_with_gossip() -> 
     async with running_nodes(tasks, training) as nodes:
         with trio.fail_after(90):
             while any(
-                (node.history.latest is None or (node.history.latest.accuracy or 0) < 0.85)
+                (
+                    node.stats.history.latest is None
+                    or (node.stats.history.latest.accuracy or 0) < 0.85
+                )
                 for node, _ in nodes
             ):
                 await trio.sleep(0.5)
@@ -156,7 +162,10 @@ async def test_a_late_joiner_adopts_the_consortium_model_in_its_first_exchanges(
     async with running_nodes(tasks[:3], training) as nodes:
         with trio.fail_after(90):
             while any(
-                (node.history.latest is None or (node.history.latest.accuracy or 0) < 0.9)
+                (
+                    node.stats.history.latest is None
+                    or (node.stats.history.latest.accuracy or 0) < 0.9
+                )
                 or trainer.steps < 300
                 for node, trainer in nodes
             ):
@@ -181,16 +190,16 @@ async def test_a_late_joiner_adopts_the_consortium_model_in_its_first_exchanges(
             async with trio.open_nursery() as nursery:
                 await nursery.start(joiner.run)
                 with trio.fail_after(60):
-                    while joiner.counters.completed == 0:
+                    while joiner.stats.counters.completed == 0:
                         await trio.sleep(0.01)
                 mine = trainer.evaluate()
                 theirs = [t.evaluate() for _, t in nodes]
-                exchanges = joiner.counters.completed
+                exchanges = joiner.stats.counters.completed
                 nursery.cancel_scope.cancel()
     print("late joiner: before", before, "after", exchanges, "exchange(s)", mine, "others", theirs)
     assert exchanges <= 3
-    assert joiner.counters.adopted == 1
-    assert sum(node.counters.seeded for node, _ in nodes) == 1
+    assert joiner.stats.counters.adopted == 1
+    assert sum(node.stats.counters.seeded for node, _ in nodes) == 1
     assert mine["accuracy"] >= min(t["accuracy"] for t in theirs) - 0.03, (before, mine, theirs)
     assert mine["loss"] <= max(t["loss"] for t in theirs) + 0.1, (before, mine, theirs)
     assert joiner.model_age() > 4 * trainer.samples_seen  # it inherited the consortium's age

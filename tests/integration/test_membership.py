@@ -82,7 +82,7 @@ async def test_a_non_member_holding_the_key_is_refused_before_any_protocol_runs(
     members = Members({a.peer_id: "Acme", b.peer_id: "Bolt"})
     async with nodes([a, b], key, members) as (na, nb):
         with trio.fail_after(30):  # the members gossip with each other
-            while na.counters.completed == 0 or nb.counters.completed == 0:
+            while na.stats.counters.completed == 0 or nb.stats.counters.completed == 0:
                 await trio.sleep(0.05)
         async with host(stranger, key) as outsider:
             with trio.fail_after(DIAL + 5):
@@ -91,7 +91,7 @@ async def test_a_non_member_holding_the_key_is_refused_before_any_protocol_runs(
                 # opening a gossip stream directly fails the same way: nothing reaches a handler
                 with pytest.raises(TransportError):
                     await outsider.open_stream(na.peer_id, PEERS_PROTOCOL, na.transport.addrs())
-        assert na.connections_refused.get("not-a-member", 0) >= 2
+        assert na.stats.connections_refused.get("not-a-member", 0) >= 2
         assert stranger.peer_id not in na.view
         assert nb.peer_id in na.view and na.status()["neighbours"][0]["name"] == "Bolt"
         status = na.status()["security"]
@@ -119,27 +119,27 @@ async def test_peer_exchange_does_not_spread_non_members_and_removal_disconnects
         assert nc.peer_id not in na.transport.connected_peers()
         with trio.fail_after(DIAL + 5), pytest.raises(TransportError):
             await nc.transport.open_stream(na.peer_id, PEERS_PROTOCOL, na.transport.addrs())
-        assert na.connections_refused["not-a-member"] >= 1
+        assert na.stats.connections_refused["not-a-member"] >= 1
 
 
 async def test_a_banned_peer_is_refused_at_connection_until_the_ban_expires() -> None:
     a, b = Identity.generate(), Identity.generate()
     async with nodes([a, b], None, Members()) as (na, nb):
         with trio.fail_after(30):
-            while na.counters.completed == 0:
+            while na.stats.counters.completed == 0:
                 await trio.sleep(0.05)
         now = trio.current_time()
-        for _ in range(na.penalties.config.strikes):
-            await na._offend(nb.peer_id, "malformed")
-        assert na.penalties.banned(nb.peer_id, now)
+        for _ in range(na.admission.penalties.config.strikes):
+            await na.admission.offend(nb.peer_id, "malformed")
+        assert na.admission.penalties.banned(nb.peer_id, now)
         assert nb.peer_id not in na.view
         with trio.fail_after(DIAL + 5), pytest.raises(TransportError):
             await nb.transport.open_stream(na.peer_id, PEERS_PROTOCOL, na.transport.addrs())
-        assert na.connections_refused["banned"] >= 1
+        assert na.stats.connections_refused["banned"] >= 1
         banned = na.status()["security"]["banned"]
         assert [b["peer_id"] for b in banned] == [nb.peer_id]
         # the ban expires: lift it by moving its end into the past
-        na.penalties._banned[nb.peer_id] = trio.current_time() - 1
+        na.admission.penalties._banned[nb.peer_id] = trio.current_time() - 1
         with trio.fail_after(DIAL + 5):
             stream = await nb.transport.open_stream(
                 na.peer_id, PEERS_PROTOCOL, na.transport.addrs()

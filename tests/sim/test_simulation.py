@@ -36,13 +36,15 @@ async def test_without_training_all_converge_to_the_exact_weighted_average(
             while sim.max_deviation(target) > 1e-5:
                 await trio.sleep(5)
                 # the weighted sum is conserved at every moment no exchange is half-applied
-                if not any(node._busy for node in sim.nodes):
+                if not any(node.busy for node in sim.nodes):
                     now = sim.weighted_mean()
                     assert all(np.allclose(now[k], target[k], atol=1e-5) for k in target)
         nursery.cancel_scope.cancel()
     assert sim.max_deviation(target) <= 1e-5
-    assert all(node.counters.completed > 0 for node in sim.nodes)
-    assert all(node.counters.refused == 0 and node.counters.failed == 0 for node in sim.nodes)
+    assert all(node.stats.counters.completed > 0 for node in sim.nodes)
+    assert all(
+        node.stats.counters.refused == 0 and node.stats.counters.failed == 0 for node in sim.nodes
+    )
 
 
 async def test_peers_learn_each_other_through_one_bootstrap(autojump_clock: trio.abc.Clock) -> None:
@@ -55,7 +57,7 @@ async def test_peers_learn_each_other_through_one_bootstrap(autojump_clock: trio
         nursery.cancel_scope.cancel()
     # everyone knows everyone, not only the bootstrap node
     assert all(len(node.view) == 7 for node in sim.nodes)
-    partners = {p for node in sim.nodes[1:] for p in node.neighbours}
+    partners = {p for node in sim.nodes[1:] for p in node.stats.neighbours}
     assert len(partners) > 2
 
 
@@ -69,9 +71,9 @@ async def test_one_exchange_at_a_time_busy_peers_decline(autojump_clock: trio.ab
         await sim.run(nursery)
         await trio.sleep(60)
         nursery.cancel_scope.cancel()
-    assert sum(node.counters.declined for node in sim.nodes) > 0
-    assert sum(node.counters.declined_inbound for node in sim.nodes) == sum(
-        node.counters.declined for node in sim.nodes
+    assert sum(node.stats.counters.declined for node in sim.nodes) > 0
+    assert sum(node.stats.counters.declined_inbound for node in sim.nodes) == sum(
+        node.stats.counters.declined for node in sim.nodes
     )
     assert sim.max_deviation(target) <= 1e-5
 
@@ -107,11 +109,11 @@ async def test_training_during_exchanges_keeps_every_step(autojump_clock: trio.a
         await sim.run(nursery)
         await trio.sleep(200)
         with trio.fail_after(10):
-            while any(node._busy for node in sim.nodes):
+            while any(node.busy for node in sim.nodes):
                 await trio.sleep(0.001)
         nursery.cancel_scope.cancel()
     assert all(lrn.steps > 3000 for lrn in learners)
-    assert sum(node.counters.completed for node in sim.nodes) > 300
+    assert sum(node.stats.counters.completed for node in sim.nodes) > 300
     expected = initial + sum(lrn.samples * lrn.trained["w"] for lrn in learners)
     actual = sum(lrn.samples * lrn.tensors["w"] for lrn in learners)
     np.testing.assert_allclose(actual, expected, atol=1e-6)
@@ -166,19 +168,19 @@ async def test_a_late_joiner_adopts_a_far_older_model_in_its_first_exchange(
         await nursery.start(sim.network.transports[joiner.peer_id].run)
         await nursery.start(joiner.run)
         with trio.fail_after(60):
-            while joiner.counters.completed == 0:
+            while joiner.stats.counters.completed == 0:
                 await trio.sleep(0.01)
         after = loss(learners[5].tensors, learners[5])
         nursery.cancel_scope.cancel()
     assert start > 100 * max(others)
     if adopt_ratio:
-        assert joiner.counters.adopted == 1
-        assert sum(node.counters.seeded for node in sim.nodes[:5]) == 1
+        assert joiner.stats.counters.adopted == 1
+        assert sum(node.stats.counters.seeded for node in sim.nodes[:5]) == 1
         assert after < 2 * max(others) + 0.05, (after, others)
         assert joiner.model_age() > 10 * learners[5].samples_seen
     else:
-        assert joiner.counters.adopted == 0
-        assert sum(node.counters.seeded for node in sim.nodes[:5]) == 0
+        assert joiner.stats.counters.adopted == 0
+        assert sum(node.stats.counters.seeded for node in sim.nodes[:5]) == 0
         assert after > 100 * max(others)  # halfway at most: still far from everybody
 
 
@@ -197,7 +199,7 @@ async def test_a_dead_and_a_hung_neighbour_never_stall_gossip_and_a_returning_on
         await trio.sleep_forever()
 
     def completed() -> int:
-        return sum(node.counters.completed for node in healthy)
+        return sum(node.stats.counters.completed for node in healthy)
 
     def knows(node_: Node, other: Node) -> bool:
         return other.peer_id in node_.view
@@ -223,18 +225,20 @@ async def test_a_dead_and_a_hung_neighbour_never_stall_gossip_and_a_returning_on
                 dropped_at = window
                 break
         assert dropped_at is not None, [n.view.entries() for n in healthy]
-        assert all(n.counters.failed > 0 for n in healthy)
+        assert all(n.stats.counters.failed > 0 for n in healthy)
         sim.network.transports[dead.peer_id].down = False
         with trio.fail_after(300):
-            while not any(dead.peer_id in n.neighbours and knows(n, dead) for n in healthy):
+            while not any(dead.peer_id in n.stats.neighbours and knows(n, dead) for n in healthy):
                 await trio.sleep(1)
             back = {
-                n.peer_id: n.neighbours[dead.peer_id].exchanges for n in healthy if knows(n, dead)
+                n.peer_id: n.stats.neighbours[dead.peer_id].exchanges
+                for n in healthy
+                if knows(n, dead)
             }
             while not any(
-                n.neighbours[dead.peer_id].exchanges > back.get(n.peer_id, 0)
+                n.stats.neighbours[dead.peer_id].exchanges > back.get(n.peer_id, 0)
                 for n in healthy
-                if dead.peer_id in n.neighbours
+                if dead.peer_id in n.stats.neighbours
             ):
                 await trio.sleep(1)
         nursery.cancel_scope.cancel()
@@ -268,4 +272,4 @@ async def test_lossy_encodings_still_reach_consensus_near_the_weighted_average(
     now = sim.weighted_mean()
     assert sim.max_deviation(now) < 0.01 * spread  # they agree
     assert float(np.max(np.abs(now["w"] - start["w"]))) < 0.01 * spread  # on nearly the mean
-    assert all(node.counters.refused == 0 for node in sim.nodes)
+    assert all(node.stats.counters.refused == 0 for node in sim.nodes)

@@ -78,11 +78,11 @@ async def test_six_skewed_members_agree_on_the_union_statistics_and_a_late_joine
         await nursery.start(sim.network.transports[joiner.peer_id].run)
         await nursery.start(joiner.run)
         with trio.fail_after(600):
-            while joiner.counters.completed < 20:
+            while joiner.stats.counters.completed < 20:
                 await trio.sleep(1)
         await trio.sleep(60)
         nursery.cancel_scope.cancel()
-    assert min(n.counters.completed for n in founders) >= 20
+    assert min(n.stats.counters.completed for n in founders) >= 20
     assert spread([v for v in vectors if v is not None]) <= 1e-3
     assert max(_relative(p, agreed[0]) for p in agreed) <= 1e-3
     assert _relative(agreed[0], union) <= 1e-3

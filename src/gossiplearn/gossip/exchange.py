@@ -12,10 +12,12 @@ more than halfway, whatever the remote claims; a fresh side adopts a far older m
 and the other keeps its own. The driver registers the offer it sends (``offer``) before it
 feeds the remote's, so the plan is made from exactly what both sides saw.
 The objects below decide what to send and whether what arrived is acceptable; the driver in
-``gossiplearn.peer`` moves the bytes. They never block, sleep or read a clock.
+``gossiplearn.peer.node.exchanges`` moves the bytes. They never block, sleep or read a clock.
 
-Errors: a remote that breaks the protocol raises ``RemoteProtocolError`` (the exchange is then
-dead); driving the object in a wrong order raises ``LocalProtocolError``.
+Errors: a remote that breaks the protocol raises ``RemoteProtocolError`` and the exchange moves
+to ``Phase.ERROR``, where every further input raises ``LocalProtocolError`` (as does driving
+the object in a wrong order): nothing is merged after a refusal. ``Outcome`` names how an
+exchange ended for the driver.
 """
 
 from __future__ import annotations
@@ -165,9 +167,33 @@ class Phase(enum.Enum):
     IDLE = "idle"  # responder: waiting for Propose
     DONE = "done"
     DECLINED = "declined"
+    ERROR = "error"  # the remote broke the protocol: nothing more is accepted (as h11's ERROR)
 
 
-class _Offering:
+class Outcome(enum.Enum):
+    """How one exchange ended, from our side."""
+
+    COMPLETED = "completed"  # models swapped and merged
+    DECLINED = "declined"  # no exchange: declined (by them, or by us before proposing)
+    FAILED = "failed"  # the network failed or a deadline passed
+    REFUSED = "refused"  # the remote broke the protocol or sent a model we refuse
+
+
+class _Guarded:
+    """The ERROR phase, shared by both sides: a ``RemoteProtocolError`` raised while feeding
+    a message moves the exchange to ERROR, and any later input is our bug."""
+
+    phase: Phase
+
+    def _enter(self) -> None:
+        if self.phase is Phase.ERROR:
+            raise LocalProtocolError("the exchange already failed; it accepts nothing more")
+
+    def _failed(self) -> None:
+        self.phase = Phase.ERROR
+
+
+class _Offering(_Guarded):
     """Registering the offer we send, shared by both sides."""
 
     phase: Phase
@@ -203,7 +229,17 @@ class InitiatorExchange(_Offering):
 
         After ``Accept`` the caller sends its ``ModelOffer`` and awaits the remote's; after
         ``Decline`` the exchange is over (``phase`` is DECLINED, ``decline`` says why).
+        Raises ``RemoteProtocolError`` (``Refused`` for a model we cannot merge) and moves to
+        ERROR; ``LocalProtocolError`` for any message after the end.
         """
+        self._enter()
+        try:
+            return self._receive(msg)
+        except RemoteProtocolError:
+            self._failed()
+            raise
+
+    def _receive(self, msg: Message) -> Merge | None:
         if self.phase is Phase.PROPOSED:
             if isinstance(msg, Accept):
                 self.phase = Phase.AWAITING_MODEL
@@ -243,10 +279,13 @@ class ResponderExchange(_Offering):
     def receive_propose(
         self, msg: Message, *, busy: bool, closing: bool = False
     ) -> Accept | Decline:
-        """Answer a proposal. ``busy``: we are in another exchange right now."""
+        """Answer a proposal. ``busy``: we are in another exchange right now. Raises
+        ``RemoteProtocolError`` (and moves to ERROR) for anything but a proposal."""
+        self._enter()
         if self.phase is not Phase.IDLE:
             raise LocalProtocolError(f"proposal already answered ({self.phase.value})")
         if not isinstance(msg, Propose):
+            self._failed()
             raise RemoteProtocolError(f"expected a proposal, got {type(msg).__name__}")
         self.proposed = msg
         answer: Accept | Decline
@@ -268,9 +307,18 @@ class ResponderExchange(_Offering):
         return answer
 
     def receive(self, msg: Message) -> Merge:
-        """Feed the remote's ``ModelOffer``; returns the ``Merge`` to apply."""
+        """Feed the remote's ``ModelOffer``; returns the ``Merge`` to apply. Raises
+        ``RemoteProtocolError`` (``Refused`` for a model we cannot merge) and moves to ERROR."""
+        self._enter()
         if self.phase is not Phase.AWAITING_MODEL:
             raise LocalProtocolError(f"not awaiting a model ({self.phase.value})")
+        try:
+            return self._receive(msg)
+        except RemoteProtocolError:
+            self._failed()
+            raise
+
+    def _receive(self, msg: Message) -> Merge:
         if not isinstance(msg, ModelOffer):
             raise RemoteProtocolError(f"expected a model, got {type(msg).__name__}")
         msg = check_offer(msg, self.local)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ import trio
 
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
-from gossiplearn.gossip.stats import ExchangeCounters
 from gossiplearn.peer.home.checkpoint import (
     Checkpoint,
     NodeState,
@@ -38,6 +36,7 @@ from gossiplearn.peer.home.checkpoint import (
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model, save_model
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.node.node import Node
+from gossiplearn.peer.node.stats import StatsState
 
 log = logging.getLogger(__name__)
 
@@ -109,30 +108,31 @@ def save_model_file(trainer: Trainer, home: Path) -> None:
 
 
 def node_state(node: Node) -> NodeState:
-    """A copy of the node's counters and histories (call in the trio thread)."""
+    """A copy of the node's counters and histories (``NodeStats``) and its model's age offset
+    (call in the trio thread)."""
+    st = node.stats.state()
     return NodeState(
-        counters=_copy(node.counters),
-        bytes_sent=node.bytes_sent,
-        bytes_received=node.bytes_received,
-        history=tuple(node.history.points),
-        consensus=tuple(node.consensus),
+        counters=st.counters,
+        bytes_sent=st.bytes_sent,
+        bytes_received=st.bytes_received,
+        history=st.history,
+        consensus=st.consensus,
         age_offset=node.merger.age_offset,
     )
 
 
 def resume_node(node: Node, state: NodeState) -> None:
     """Continue ``state``'s counters and histories in a node that has not run yet."""
-    node.counters = _copy(state.counters)
-    node.bytes_sent = state.bytes_sent
-    node.bytes_received = state.bytes_received
-    for point in state.history:
-        node.history.add(point)
-    node.consensus.extend(state.consensus)
+    node.stats.restore(
+        StatsState(
+            counters=state.counters,
+            bytes_sent=state.bytes_sent,
+            bytes_received=state.bytes_received,
+            history=state.history,
+            consensus=state.consensus,
+        )
+    )
     node.merger.age_offset = state.age_offset
-
-
-def _copy(counters: ExchangeCounters) -> ExchangeCounters:
-    return replace(counters, refused_by_reason=dict(counters.refused_by_reason))
 
 
 class Checkpointer:

@@ -2,16 +2,21 @@
 
 ``FramedStream.receive`` raises ``DecodeError`` for a bad frame (one over the limit, or one the
 sender ends before its declared length), ``TransportError`` if the stream breaks, and
-``EOFError`` at a clean end of stream between frames. (py-libp2p 0.8.1 reports a remote's reset
-as a clean end of stream, so a peer killed mid-frame also counts as a truncated frame: one
-offence, far from a ban.) It never buffers more than the frame limit in force.
+``StreamClosed`` (a ``TransportError``) at a clean end of stream between frames. (py-libp2p
+0.8.1 reports a remote's reset as a clean end of stream, so a peer killed mid-frame also counts
+as a truncated frame: one offence, far from a ban.) It never buffers more than the frame limit
+in force. ``offload`` runs work on big bodies in a thread.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import trio
 
-from gossiplearn.errors import DecodeError, TransportError
+from gossiplearn.errors import DecodeError, StreamClosed, TransportError
 from gossiplearn.gossip.framing import FrameDecoder, frame_header
 from gossiplearn.gossip.messages import Limits, Message, decode, encode
 from gossiplearn.peer.net.transport import Stream
@@ -19,6 +24,8 @@ from gossiplearn.peer.net.transport import Stream
 WRITE_CHUNK = 1 << 20  # 1 MiB writes: measured faster than 64 KiB on Noise + yamux
 READ_CHUNK = 1 << 20
 THREAD_THRESHOLD = 1 << 20  # encode/decode bodies above this size off the event loop
+
+T = TypeVar("T")
 
 
 class FramedStream:
@@ -47,16 +54,23 @@ class FramedStream:
             if not data:
                 if self._decoder.buffered:  # the sender cut its own frame short
                     raise DecodeError("stream ended in the middle of a frame")
-                raise EOFError("stream ended")
+                raise StreamClosed("stream ended")
             self.bytes_received += len(data)
             self._frames.extend(self._decoder.feed(data))
         return self._frames.pop(0)
 
     async def receive(self, limits: Limits) -> Message:
         body = await self.receive_body(limits.max_frame)
-        if len(body) > THREAD_THRESHOLD:
-            return await trio.to_thread.run_sync(lambda: decode(body, limits=limits))
-        return decode(body, limits=limits)
+        return await offload(len(body), decode, body, limits=limits)
+
+
+async def offload(size: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, in a worker thread when ``size`` (bytes of the model or frame
+    it works on) is above ``THREAD_THRESHOLD``, so big models never stall the event loop and
+    small ones do not pay for a thread. Not cancellable while in the thread (trio's rule)."""
+    if size > THREAD_THRESHOLD:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    return fn(*args, **kwargs)
 
 
 async def close_quietly(stream: Stream | None) -> None:

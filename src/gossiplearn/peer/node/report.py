@@ -1,38 +1,66 @@
 """The status report of a running node: what ``gossiplearn status`` shows (docs in README).
 
-A plain function over the node's state, so the status endpoint and the demo read the same
-fields. Every value is JSON-serialisable; non-finite floats become None.
+A plain function over the node's public parts (``Reported``: its ``NodeStats``, view,
+admission, merger, learner and configuration), so the status endpoint and the demo read the
+same fields. Every value is JSON-serialisable; non-finite floats become None. It does not
+import the node (the node imports it).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import trio
-
+from gossiplearn.gossip.exchange import LocalModel
+from gossiplearn.gossip.sampling import PeerView
+from gossiplearn.gossip.screening import Screen
 from gossiplearn.gossip.stats import NeighbourStats
+from gossiplearn.peer.learning.learner import Learner
+from gossiplearn.peer.net.transport import Transport
+from gossiplearn.peer.node.admission import Admission
+from gossiplearn.peer.node.config import NodeConfig
+from gossiplearn.peer.node.stats import NodeStats
 
-if TYPE_CHECKING:
-    from gossiplearn.peer.node.node import Node
+
+class Reported(Protocol):
+    """What the report reads of a node (``Node`` has all of it)."""
+
+    peer_id: str
+    transport: Transport
+    learner: Learner
+    config: NodeConfig
+    view: PeerView
+    stats: NodeStats
+    admission: Admission
+    screen: Screen
+
+    @property
+    def local(self) -> LocalModel: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def model_age(self) -> float: ...
 
 
 def finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def node_status(node: Node) -> dict[str, Any]:
-    """Everything ``gossiplearn status`` shows about ``node``, JSON-serialisable."""
-    latest = node.history.latest
-    now_mono = trio.current_time()
+def node_status(node: Reported, now_mono: float) -> dict[str, Any]:
+    """Everything ``gossiplearn status`` shows about ``node``, JSON-serialisable. ``now_mono``:
+    the trio clock now (backoffs and bans are on it)."""
+    st = node.stats
+    members = node.admission.members
+    latest = st.history.latest
     neighbours: list[dict[str, Any]] = []
     for entry in node.view.entries():
-        stats = node.neighbours.get(entry.peer_id, NeighbourStats(entry.peer_id))
+        stats = st.neighbours.get(entry.peer_id, NeighbourStats(entry.peer_id))
         neighbours.append(
             {
                 "peer_id": entry.peer_id,
-                "name": node.members.name_of(entry.peer_id),
+                "name": members.name_of(entry.peer_id),
                 "addrs": list(entry.addrs),
                 "connected": entry.connected,
                 "failures": entry.failures,
@@ -46,18 +74,18 @@ def node_status(node: Node) -> dict[str, Any]:
             }
         )
     neighbours.sort(key=lambda n: n["last_exchange"] or 0.0, reverse=True)
-    c = node.counters
-    recent = [d for _, d in list(node.consensus)[-10:]]
+    c = st.counters
+    recent = [d for _, d in list(st.consensus)[-10:]]
     return {
         "peer_id": node.peer_id,
         "addrs": node.transport.addrs(),
-        "started_at": node.started_at,
-        "uptime": time.time() - node.started_at,
+        "started_at": st.started_at,
+        "uptime": time.time() - st.started_at,
         "task": node.config.description,
         "task_kind": node.config.task_kind,
         "contract": node.local.task.hex(),
         "samples": node.learner.samples,
-        "busy": node._busy,
+        "busy": node.busy,
         "neighbours": neighbours,
         "exchanges": {
             "completed": c.completed,
@@ -86,7 +114,7 @@ def node_status(node: Node) -> dict[str, Any]:
             "loss": latest.loss if latest else None,
             **({k: finite(v) for k, v in latest.scores.items()} if latest else {}),
             "time": latest.time if latest else None,
-            "trend": node.history.trend(),
+            "trend": st.history.trend(),
         },
         "history": [
             {
@@ -96,39 +124,41 @@ def node_status(node: Node) -> dict[str, Any]:
                 "loss": p.loss,
                 **{k: finite(v) for k, v in p.scores.items()},
             }
-            for p in list(node.history.points)[-60:]
+            for p in list(st.history.points)[-60:]
         ],
         "incompatible": [
-            {"peer_id": p, "name": node.members.name_of(p), "detail": detail}
-            for p, detail in sorted(node.incompatible.items())
+            {"peer_id": p, "name": members.name_of(p), "detail": detail}
+            for p, detail in sorted(st.incompatible.items())
         ],
-        "consensus_distance": finite(node.consensus[-1][1]) if node.consensus else None,
+        "consensus_distance": finite(st.consensus[-1][1]) if st.consensus else None,
         "consensus_distance_mean10": sum(recent) / len(recent) if recent else None,
-        "consensus_history": [{"time": t, "distance": d} for t, d in list(node.consensus)[-60:]],
-        "bytes_sent": node.bytes_sent,
-        "bytes_received": node.bytes_received,
+        "consensus_history": [{"time": t, "distance": d} for t, d in list(st.consensus)[-60:]],
+        "bytes_sent": st.bytes_sent,
+        "bytes_received": st.bytes_received,
         "compression": node.config.gossip.compression,
     }
 
 
-def security_status(node: Node, now_mono: float) -> dict[str, Any]:
+def security_status(node: Reported, now_mono: float) -> dict[str, Any]:
     """Membership, refusals by reason, bans and screening (``status --json`` → ``security``)."""
     wall = time.time()
-    members = node.members
+    st = node.stats
+    members = node.admission.members
+    penalties = node.admission.penalties
     return {
         "consortium_key_id": node.config.consortium_key_id,
         "members": {p: members[p] for p in sorted(members)},
-        "connections_refused": dict(node.connections_refused),
-        "streams_refused": dict(node.streams_refused),
-        "offences": dict(node.offences),
-        "bans": node.penalties.bans,
+        "connections_refused": dict(st.connections_refused),
+        "streams_refused": dict(st.streams_refused),
+        "offences": dict(st.offences),
+        "bans": penalties.bans,
         "banned": [
             {"peer_id": p, "name": members.name_of(p), "until": wall + (until - now_mono)}
-            for p, until in sorted(node.penalties.active(now_mono).items())
+            for p, until in sorted(penalties.active(now_mono).items())
         ],
         "screening": {
             "enabled": node.screen.config.enabled,
             "clip_radius": node.screen.threshold(),
-            "clipped": node.counters.clipped,
+            "clipped": st.counters.clipped,
         },
     }
