@@ -149,7 +149,34 @@ def test_initiator_refuses_an_incompatible_model() -> None:
     with pytest.raises(Refused) as info:
         ex.receive(bad)
     assert info.value.reason == "incompatible"
-    assert ex.phase is not Phase.DONE
+    assert ex.phase is Phase.ERROR
+
+
+def test_after_a_refusal_an_exchange_accepts_nothing_more() -> None:
+    """h11's rule: once the remote broke the protocol, a second message (even a good model)
+    is our bug to feed, and never yields a merge."""
+    ex = InitiatorExchange(local())
+    ex.receive(Accept())
+    ex.offer(offer(samples=100))
+    with pytest.raises(Refused):
+        ex.receive(offer(tensors_={"w": np.full((2, 3), np.nan, np.float32), "b": tensors()["b"]}))
+    assert ex.phase is Phase.ERROR
+    with pytest.raises(LocalProtocolError, match="already failed"):
+        ex.receive(offer())
+    r = responder()
+    with pytest.raises(RemoteProtocolError):
+        r.receive_propose(offer(), busy=False)
+    assert r.phase is Phase.ERROR
+    with pytest.raises(LocalProtocolError):
+        r.receive_propose(propose(), busy=False)
+    r = responder()
+    r.receive_propose(propose(), busy=False)
+    r.offer(offer(samples=100))
+    with pytest.raises(RemoteProtocolError):
+        r.receive(Accept())
+    assert r.phase is Phase.ERROR
+    with pytest.raises(LocalProtocolError):
+        r.receive(offer(samples=300))
 
 
 # ---------------------------------------------------------------------------------- responder
