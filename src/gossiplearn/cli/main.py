@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import trio
 
 from gossiplearn import __version__
 from gossiplearn.errors import UserError
+from gossiplearn.peer.home.config import SETTINGS
+from gossiplearn.peer.home.settings import OneOf, Setting
 
 HOME_HELP = "Peer home (default: $GOSSIPLEARN_HOME, else the user data dir)."
 
@@ -58,118 +61,52 @@ def init(home: Path | None) -> None:
     click.echo(f"peer id: {result.peer_id}")
 
 
-START_FLAGS: dict[str, str] = {
-    "listen": "network.listen",
-    "bootstrap": "network.bootstrap",
-    "dial_timeout": "network.dial_timeout",
-    "gossip_interval": "gossip.interval",
-    "exchange_timeout": "gossip.exchange_timeout",
-    "discovery_interval": "gossip.discovery_interval",
-    "attempts": "gossip.attempts",
-    "adopt_ratio": "gossip.adopt_ratio",
-    "compression": "gossip.compression",
-    "weight_decay": "training.weight_decay",
-    "learning_rate": "training.learning_rate",
-    "momentum": "training.momentum",
-    "batch_size": "training.batch_size",
-    "steps_per_second": "training.steps_per_second",
-    "max_steps": "training.max_steps",
-    "lr_schedule": "training.lr_schedule",
-    "eval_interval": "training.eval_interval",
-    "threads": "training.threads",
-    "training": "training.enabled",
-    "checkpoint_interval": "training.checkpoint_interval",
-    "task": "task.name",
-    "shard": "task.shard",
-    "partition": "task.partition",
-    "seed": "task.seed",
-    "validation_fraction": "task.validation_fraction",
-    "data": "task.data",
-    "contract": "task.contract",
-    "consortium_key": "security.consortium_key",
-    "screening": "security.screening",
-    "max_norm_ratio": "security.max_norm_ratio",
-    "ban_strikes": "security.ban_strikes",
-    "ban_window": "security.ban_window",
-    "ban_seconds": "security.ban_seconds",
-    "max_inbound_streams": "security.max_inbound_streams",
-    "max_streams_per_peer": "security.max_streams_per_peer",
-}
+def _param(s: Setting) -> str:
+    assert s.flag is not None
+    return s.flag.removeprefix("--").replace("-", "_")
+
+
+# The start command's flags, made from the declarations in peer/home/config.py: the parameter
+# name (click's, from the flag) → the setting it overrides (flag > peer.toml > default).
+START_FLAGS: dict[str, Setting] = {_param(s): s for s in SETTINGS if s.flag is not None}
+_FLAG_TYPES: dict[type, Any] = {int: int, float: float}
+
+
+def start_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags given to ``start`` as dotted-key overrides for ``with_overrides``. A file named
+    on the command line is relative to where the command runs, so it is made absolute."""
+    given = {START_FLAGS[k]: v for k, v in flags.items() if v not in (None, ())}
+    return {
+        s.dotted: str(Path(v).expanduser().resolve()) if s.spec.path else v
+        for s, v in given.items()
+    }
+
+
+def _setting_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add an option per setting with a flag, in declaration order, typed from its declaration;
+    each defaults to None (not given). ``with_overrides`` checks values as it checks peer.toml."""
+    for name, s in reversed(START_FLAGS.items()):  # click lists the last applied first
+        assert s.flag is not None
+        kwargs: dict[str, Any] = {"default": None, "type": _FLAG_TYPES.get(s.kind)}
+        decl = s.flag
+        if s.kind is bool:
+            decl = f"{s.flag}/--no-{s.flag.removeprefix('--')}"
+        elif s.kind is tuple:
+            kwargs = {"multiple": True}
+        elif isinstance(s.spec.check, OneOf):
+            kwargs["type"] = click.Choice(s.spec.check.choices)
+        elif s.spec.path:
+            kwargs["type"] = click.Path(dir_okay=False, path_type=Path)
+        accepts = f": {s.accepted}" if s.spec.check and not isinstance(s.spec.check, OneOf) else ""
+        again = " Repeatable." if s.kind is tuple else ""
+        help_text = f"{s.sentence()}{again} [{s.dotted}{accepts}]"
+        command = click.option(decl, name, help=help_text, **kwargs)(command)
+    return command
 
 
 @cli.command()
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
-@click.option(
-    "--listen", multiple=True, help="Multiaddr to listen on (repeatable); /tcp/0 = free port."
-)
-@click.option(
-    "--bootstrap", multiple=True, help="Member multiaddr ending in /p2p/<id> (repeatable)."
-)
-@click.option("--dial-timeout", type=float, help="Seconds a dial may take.")
-@click.option("--gossip-interval", type=float, help="Mean seconds between exchanges we start.")
-@click.option("--exchange-timeout", type=float, help="Seconds before an exchange is abandoned.")
-@click.option("--discovery-interval", type=float, help="Seconds between peer-exchange requests.")
-@click.option("--attempts", type=int, help="Neighbours tried per round when they are busy.")
-@click.option(
-    "--adopt-ratio", type=float, help="A new peer adopts a model this many times older (0 = off)."
-)
-@click.option(
-    "--compression",
-    type=click.Choice(["none", "fp16", "bf16", "int8"]),
-    help="How our model travels: exact, or fewer bytes at a small accuracy cost.",
-)
-@click.option("--learning-rate", type=float)
-@click.option("--momentum", type=float)
-@click.option("--weight-decay", type=float)
-@click.option("--batch-size", type=int)
-@click.option("--steps-per-second", type=float, help="Pace of local SGD steps (0 = unlimited).")
-@click.option("--max-steps", type=int, help="Stop training after this many steps (0 = never).")
-@click.option(
-    "--lr-schedule",
-    type=click.Choice(["constant", "cosine"]),
-    help="Learning rate over the steps: constant, or cosine decay to 0 at --max-steps.",
-)
-@click.option("--eval-interval", type=float, help="Seconds between validation evaluations.")
-@click.option("--threads", type=int, help="Torch CPU threads.")
-@click.option(
-    "--training/--no-training", default=None, help="Train locally (default) or only average."
-)
-@click.option(
-    "--checkpoint-interval", type=float, help="Seconds between checkpoints (0 = at shutdown only)."
-)
-@click.option(
-    "--task",
-    help="digits | tabular | package.module:function (default: tabular with --contract, "
-    "else digits).",
-)
-@click.option("--shard", help="digits: this member's shard I/N.")
-@click.option("--partition", help="digits: iid | dirichlet:ALPHA.")
-@click.option("--seed", type=int, help="Data seed, the same on every member.")
-@click.option("--validation-fraction", type=float, help="Share of local data held out.")
-@click.option(
-    "--contract",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="tabular: the task contract every member shares (gossiplearn task init).",
-)
-@click.option(
-    "--data",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="tabular: this member's data (CSV or Parquet).",
-)
-@click.option(
-    "--consortium-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Consortium key file: talk only to holders of the same key.",
-)
-@click.option(
-    "--screening/--no-screening", default=None, help="Screen received models (default: on)."
-)
-@click.option("--max-norm-ratio", type=float, help="Refuse models whose norm is this far off.")
-@click.option("--ban-strikes", type=int, help="Offences within --ban-window that ban a peer.")
-@click.option("--ban-window", type=float, help="Seconds over which offences are counted.")
-@click.option("--ban-seconds", type=float, help="How long a ban lasts (0 = never ban).")
-@click.option("--max-inbound-streams", type=int, help="Concurrent inbound streams, all peers.")
-@click.option("--max-streams-per-peer", type=int, help="Concurrent inbound streams per peer.")
+@_setting_options
 @click.option(
     "--log-level",
     default="info",
@@ -183,10 +120,7 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
     from gossiplearn.peer.node.node import Node
 
     _setup_logging(log_level)
-    for name in ("consortium_key", "contract", "data"):  # relative to where the command runs
-        if flags.get(name) is not None:
-            flags[name] = str(Path(flags[name]).expanduser().resolve())
-    overrides = {START_FLAGS[k]: v for k, v in flags.items() if v not in (None, ())}
+    overrides = start_overrides(flags)
     resolved = resolve_home(home)
 
     def ready(node: Node) -> None:

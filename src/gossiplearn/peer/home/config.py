@@ -1,16 +1,26 @@
 """Peer configuration: the peer's home, ``peer.toml``, and command-line overrides.
 
-Precedence: command-line flag > peer.toml > built-in default. Every key of peer.toml can be given
-as a flag, and every flag has a key. Validation errors are ``UserError``s that name the key (and
-the file), the bad value, and what is accepted.
+Each setting is declared once, below, as a field of its section's dataclass (``setting(...)``:
+default, check, help, flag; see ``settings.py``). The checks, the default peer.toml
+(``DEFAULT_CONFIG_TEXT``), the ``start`` command's flags and README.md's configuration table
+are all made from these declarations. To add a setting, add a field; to add a section, add a
+dataclass of such fields and a field of ``PeerConfig`` named as the section.
+
+Precedence: command-line flag > peer.toml > declared default. Every declared key with a flag can
+be given as that flag; ``[members]`` has its own commands, and ``[task]``'s undeclared keys
+(``params``, for custom tasks) only the file. Validation errors are ``UserError``s that name the
+key (and the file, or "command line"), the bad value, and what is accepted.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +28,31 @@ import platformdirs
 
 from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import UserError
+from gossiplearn.peer.home.settings import (
+    NonEmpty,
+    OneOf,
+    Range,
+    Setting,
+    Spec,
+    comment,
+    declared,
+    free_field,
+    free_keys,
+    render_readme_table,
+    render_template,
+    sections,
+    setting,
+)
 
 CONFIG_FILE_NAME = "peer.toml"
 HOME_ENV = "GOSSIPLEARN_HOME"
 LR_SCHEDULES = ("constant", "cosine")
-COMPRESSIONS = ("none", "fp16", "bf16", "int8")  # gossip.compression; see gossip/compression.py
+COMPRESSIONS = ("none", "fp16", "bf16", "int8")  # "none" + gossip.messages.ENCODINGS (tested)
+
+SECONDS = "seconds"
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)  # [0, 1)
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:
@@ -37,159 +67,214 @@ def resolve_home(home: str | os.PathLike[str] | None) -> Path:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/7701",)
-    bootstrap: tuple[str, ...] = ()
-    dial_timeout: float = 10.0
+    listen: tuple[str, ...] = setting(
+        ("/ip4/0.0.0.0/tcp/7701",),
+        "multiaddrs to listen on (the default: port 7701 on every interface); "
+        "`/tcp/0` picks a free port",
+        check=NonEmpty("multiaddr"),
+    )
+    bootstrap: tuple[str, ...] = setting(
+        (),
+        "members to join through, each a multiaddr ending in `/p2p/<peer id>` (printed by "
+        "their `gossiplearn start`); redialled with backoff while no known peer is reachable",
+    )
+    dial_timeout: float = setting(
+        10.0,
+        "seconds a connection may take to open, handshakes included",
+        check=POSITIVE,
+        unit=SECONDS,
+    )
 
 
 @dataclass(frozen=True)
 class GossipConfig:
-    interval: float = 1.0
-    exchange_timeout: float = 60.0
-    discovery_interval: float = 5.0
-    attempts: int = 3  # neighbours tried per round when they decline
-    adopt_ratio: float = 4.0  # a fresh peer adopts a model this many times older (0 = never)
-    compression: str = "none"  # none | fp16 | bf16 | int8: how our model travels
+    interval: float = setting(
+        1.0,
+        "mean seconds between the exchanges this peer starts (each wait is drawn between 0.5 "
+        "and 1.5 times it)",
+        check=POSITIVE,
+        unit=SECONDS,
+        flag="--gossip-interval",
+    )
+    exchange_timeout: float = setting(
+        60.0,
+        "seconds an exchange, or a request for a peer's list of peers, may take before it is "
+        "abandoned (its steps have tighter deadlines of their own)",
+        check=POSITIVE,
+        unit=SECONDS,
+    )
+    discovery_interval: float = setting(
+        5.0,
+        "mean seconds between requests for a neighbour's list of peers (every second or so "
+        "while this peer knows fewer than 8)",
+        check=POSITIVE,
+        unit=SECONDS,
+    )
+    attempts: int = setting(
+        3,
+        "neighbours asked for an exchange per round, at most: the next is asked only when one "
+        "declines (busy, closing or incompatible); a completed or failed exchange ends the round",
+        check=AT_LEAST_1,
+    )
+    adopt_ratio: float = setting(
+        4.0,
+        "until its first completed exchange, this peer adopts outright a model with more than "
+        "this many times its own training behind it, if that model does as well on local "
+        "validation data; otherwise models are averaged",
+        check=Range(1, finite=True, zero="never adopt"),
+    )
+    compression: str = setting(
+        "none",
+        "how our model travels: `none` (exact), `fp16`, `bf16` (2 bytes a value) or `int8` "
+        "(1 byte, with error feedback); the accuracy cost of each is in docs/benchmarks.md",
+        check=OneOf(COMPRESSIONS),
+    )
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    steps_per_second: float = 20.0
-    max_steps: int = 0
-    lr_schedule: str = "constant"  # constant | cosine (decays to 0 at max_steps)
-    eval_interval: float = 2.0
-    threads: int = 1
-    enabled: bool = True
-    checkpoint_interval: float = 30.0  # seconds between checkpoints; 0 = only at shutdown
+    learning_rate: float = setting(
+        0.05, "SGD learning rate (with `cosine`, the starting rate)", check=POSITIVE
+    )
+    momentum: float = setting(0.9, "SGD momentum", check=FRACTION)
+    weight_decay: float = setting(0.0, "SGD weight decay (L2 penalty)", check=Range(0))
+    batch_size: int = setting(32, "samples per SGD step", check=AT_LEAST_1)
+    steps_per_second: float = setting(
+        20.0,
+        "pace of local SGD steps, in steps a second",
+        check=Range(0, zero="as fast as the CPU allows"),
+    )
+    max_steps: int = setting(
+        0,
+        "stop training after this many local steps; gossip goes on",
+        check=Range(0, zero="never stop"),
+    )
+    lr_schedule: str = setting(
+        "constant",
+        "the learning rate over the steps: `constant`, or `cosine`: it decays from "
+        "`learning_rate` to 0 at `max_steps` (which it needs), so the peers' models settle "
+        "together (docs/benchmarks.md)",
+        check=OneOf(LR_SCHEDULES),
+    )
+    eval_interval: float = setting(
+        2.0,
+        "seconds between evaluations on the local validation data (what `gossiplearn status` "
+        "shows)",
+        check=POSITIVE,
+        unit=SECONDS,
+    )
+    threads: int = setting(1, "torch CPU threads of this peer's process", check=AT_LEAST_1)
+    enabled: bool = setting(
+        True,
+        "train on local data; `false`: only average the models of others",
+        flag="--training",
+    )
+    checkpoint_interval: float = setting(
+        30.0,
+        "seconds between checkpoints of the model, optimiser state, counters and metrics "
+        "history; `start` resumes from the newest valid one",
+        check=Range(0, finite=True, zero="only at shutdown"),
+        unit=SECONDS,
+    )
+
+
+PATH_HELP = "relative to the home (as a flag: to the working directory)"
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = ""  # "": tabular when [task] contract is set, else digits
-    shard: str = "1/1"
-    partition: str = "iid"
-    seed: int = 0
-    validation_fraction: float = 0.2
-    params: Mapping[str, Any] = field(default_factory=dict)  # every other [task] key
+    name: str = setting(
+        "",
+        "the task: `digits`, `tabular` or `package.module:function`; "
+        '`""`: `tabular` with a contract, else `digits`',
+        flag="--task",
+    )
+    shard: str = setting("1/1", "digits: this member's shard, `I/N`")
+    partition: str = setting("iid", "digits: how shards are drawn, `iid` or `dirichlet:ALPHA`")
+    seed: int = setting(0, "data seed, the same on every member (digits: shards are disjoint)")
+    validation_fraction: float = setting(
+        0.2, "share of local data held out for validation", check=FRACTION
+    )
+    # Every other [task] key, for the task (a custom task finds them in ``options.params``).
+    params: Mapping[str, Any] = free_keys(
+        contract=Spec(
+            "tabular: the task contract file every member shares (`gossiplearn task init` "
+            f"drafts one); {PATH_HELP}",
+            kind=str,
+            example="task.toml",
+            path=True,
+        ),
+        data=Spec(
+            f"tabular: this member's data, a CSV or Parquet file; {PATH_HELP}",
+            kind=str,
+            example="/path/to/our_data.csv",
+            path=True,
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    consortium_key: str = ""  # key file; relative to the home; "" = no private network
-    screening: bool = True  # screen received models (norm and distance outliers)
-    max_norm_ratio: float = 10.0  # refuse a model whose norm is this far from the usual
-    ban_strikes: int = 3  # offences within ban_window that get a peer banned
-    ban_window: float = 60.0  # seconds
-    ban_seconds: float = 300.0  # how long a ban lasts
-    max_inbound_streams: int = 32  # concurrent inbound gossip streams, all peers together
-    max_streams_per_peer: int = 4  # concurrent inbound gossip streams from one peer
+    consortium_key: str = setting(
+        "",
+        "the consortium's key file (libp2p private network): only holders of the same key "
+        "can connect; `gossiplearn consortium create --out FILE` makes one (mode 0600); "
+        f'{PATH_HELP}; `""`: an open network',
+        example="consortium.key",
+        path=True,
+    )
+    screening: bool = setting(
+        True,
+        "screen received models: refuse those whose norm is far off (`max_norm_ratio`), "
+        "clip those unusually far from ours",
+    )
+    max_norm_ratio: float = setting(
+        10.0,
+        "refuse a received model whose norm is more than this many times above or below the "
+        "usual (the median norm of recently merged models)",
+        check=Range(1, low_open=True),
+    )
+    ban_strikes: int = setting(
+        3,
+        "offences (invalid data, a stalled transfer, too many streams) within `ban_window` "
+        "that get a peer banned",
+        check=AT_LEAST_1,
+    )
+    ban_window: float = setting(
+        60.0, "seconds over which a peer's offences are counted", check=POSITIVE, unit=SECONDS
+    )
+    ban_seconds: float = setting(
+        300.0, "how long a ban lasts", check=Range(0, zero="never ban"), unit=SECONDS
+    )
+    max_inbound_streams: int = setting(
+        32,
+        "concurrent inbound gossip streams, all peers together; more are refused",
+        check=AT_LEAST_1,
+    )
+    max_streams_per_peer: int = setting(
+        4,
+        "concurrent inbound gossip streams from one peer; more are refused, as an offence",
+        check=AT_LEAST_1,
+    )
 
 
 @dataclass(frozen=True)
 class PeerConfig:
+    """The whole configuration; each field is a section of peer.toml, named as there."""
+
     network: NetworkConfig = field(default_factory=NetworkConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    members: Members = field(default_factory=Members)
+    members: Members = field(default_factory=Members)  # not settings: Members.parse checks it
 
 
-SECTIONS: dict[str, type] = {
-    "network": NetworkConfig,
-    "gossip": GossipConfig,
-    "training": TrainingConfig,
-    "task": TaskConfig,
-    "security": SecurityConfig,
-    "members": Members,
+SETTINGS: tuple[Setting, ...] = declared(PeerConfig)
+SECTIONS: dict[str, type] = sections(PeerConfig)
+_BY_KEY: dict[str, dict[str, Setting]] = {
+    name: {s.key: s for s in SETTINGS if s.section == name} for name in SECTIONS
 }
-
-# Checks beyond the type: (predicate, description of what is accepted).
-_RULES: dict[str, tuple[Any, str]] = {
-    "gossip.interval": (lambda v: v > 0, "a number of seconds > 0"),
-    "gossip.exchange_timeout": (lambda v: v > 0, "a number of seconds > 0"),
-    "gossip.discovery_interval": (lambda v: v > 0, "a number of seconds > 0"),
-    "gossip.attempts": (lambda v: v >= 1, "an integer >= 1"),
-    "gossip.compression": (
-        lambda v: v in COMPRESSIONS,
-        "none, fp16, bf16 or int8",
-    ),
-    "gossip.adopt_ratio": (
-        lambda v: v == 0 or 1 <= v < float("inf"),
-        "0 (never adopt) or a number >= 1",
-    ),
-    "network.dial_timeout": (lambda v: v > 0, "a number of seconds > 0"),
-    "network.listen": (lambda v: len(v) >= 1, "at least one multiaddr"),
-    "training.learning_rate": (lambda v: v > 0, "a number > 0"),
-    "training.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "training.weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "training.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "training.steps_per_second": (lambda v: v >= 0, "a number >= 0 (0 = unlimited)"),
-    "training.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = unlimited)"),
-    "training.lr_schedule": (lambda v: v in LR_SCHEDULES, "constant or cosine"),
-    "training.eval_interval": (lambda v: v > 0, "a number of seconds > 0"),
-    "training.threads": (lambda v: v >= 1, "an integer >= 1"),
-    "training.checkpoint_interval": (
-        lambda v: 0 <= v < float("inf"),
-        "a number of seconds >= 0 (0 = only at shutdown)",
-    ),
-    "task.validation_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "security.max_norm_ratio": (lambda v: v > 1, "a number > 1"),
-    "security.ban_strikes": (lambda v: v >= 1, "an integer >= 1"),
-    "security.ban_window": (lambda v: v > 0, "a number of seconds > 0"),
-    "security.ban_seconds": (lambda v: v >= 0, "a number of seconds >= 0 (0 = never ban)"),
-    "security.max_inbound_streams": (lambda v: v >= 1, "an integer >= 1"),
-    "security.max_streams_per_peer": (lambda v: v >= 1, "an integer >= 1"),
-}
-
-
-def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    """Check ``value`` against the type of ``default``; ints are accepted for floats."""
-    bad = UserError(f"{where}: {key} = {value!r} is not valid: expected {_kind(default)}")
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        try:
-            return float(value)
-        except OverflowError:
-            raise bad from None
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise bad
-        return tuple(value)
-    return value
-
-
-def _kind(default: Any) -> str:
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    if isinstance(default, str):
-        return "a string"
-    if isinstance(default, tuple):
-        return "a list of strings"
-    return "a table"
 
 
 def build_config(data: Mapping[str, Any], where: str, base: PeerConfig | None = None) -> PeerConfig:
@@ -205,26 +290,29 @@ def build_config(data: Mapping[str, Any], where: str, base: PeerConfig | None = 
             cfg = replace(cfg, members=Members.parse(values, where))
             continue
         current = getattr(cfg, section)
-        known = {f.name for f in fields(current)} - {"params"}
+        free = free_field(SECTIONS[section])
         updates: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in values.items():
-            if key in known:
-                updates[key] = _coerce(f"{section}.{key}", value, getattr(current, key), where)
-                rule = _RULES.get(f"{section}.{key}")
-                if rule and not rule[0](updates[key]):
-                    raise UserError(
-                        f"{where}: {section}.{key} = {value!r} is not valid: expected {rule[1]}"
-                    )
-            elif section == "task":
-                extra[key] = value
+            declared_key = _BY_KEY[section].get(key)
+            if declared_key is not None and not declared_key.free:
+                updates[key] = declared_key.parse(value, where)
+            elif free is not None:
+                extra[key] = value if declared_key is None else declared_key.parse(value, where)
             else:
-                names = ", ".join(sorted(known))
-                raise UserError(f"{where}: unknown key {key!r} in [{section}]; known: {names}")
+                raise UserError(_unknown_key(where, section, key))
         if extra:
-            updates["params"] = {**current.params, **extra}
+            assert free is not None
+            updates[free] = {**getattr(current, free), **extra}
         cfg = replace(cfg, **{section: replace(current, **updates)})
     return cfg
+
+
+def _unknown_key(where: str, section: str, key: str) -> str:
+    known = sorted(_BY_KEY[section])
+    guess = get_close_matches(key, known, n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"{where}: unknown key {key!r} in [{section}]{hint}; known: {', '.join(known)}"
 
 
 def load_config_file(path: Path) -> PeerConfig:
@@ -266,68 +354,38 @@ def check_combined(cfg: PeerConfig) -> PeerConfig:
     return cfg
 
 
-DEFAULT_CONFIG_TEXT = """\
-# gossiplearn peer configuration. Every key can also be given as a flag to
-# `gossiplearn start` (flags win); see README.md, "Configuration reference".
+MEMBERS_HELP = "only these peers may connect, when the list is not empty; re-read while running"
+DEFAULT_CONFIG_TEXT = render_template(
+    SETTINGS,
+    header="gossiplearn peer configuration, every setting at its default. A setting followed "
+    "by a flag can also be given as that flag to `gossiplearn start`, and the flag wins; "
+    'see README.md, "Configuration reference".',
+    trailer=comment(
+        f"The member list, edited with `gossiplearn members add|remove|list`: {MEMBERS_HELP}."
+    )
+    + '[members]\n# "12D3KooW..." = "Acme Corp"\n',
+)
 
-[network]
-# Multiaddrs to listen on. Port 7701 on every interface; use /tcp/0 for a free port.
-listen = ["/ip4/0.0.0.0/tcp/7701"]
-# Members to join through, each ending in /p2p/<peer id> (printed by their `gossiplearn start`).
-bootstrap = []
-dial_timeout = 10.0          # seconds
 
-[gossip]
-interval = 1.0               # mean seconds between exchanges we start (jittered ±50%)
-exchange_timeout = 60.0      # seconds before an exchange in flight is abandoned
-discovery_interval = 5.0     # seconds between peer-exchange requests
-attempts = 3                 # neighbours tried per round when they are busy
-compression = "none"         # how our model travels: none (exact) | fp16 | bf16 | int8 (with
-                             # error feedback); fewer bytes, a small accuracy cost (benchmarks)
-adopt_ratio = 4.0            # a new peer's first exchange adopts a model with this many times
-                             # more training than its own, if it does as well on local
-                             # validation data (0 = always average)
+def readme_table() -> str:
+    """README.md's configuration table, made from the declarations."""
+    members = (
+        "| `[members]` | `gossiplearn members add\\|remove\\|list` | empty | "
+        f'`"<peer id>" = "<name>"` | {MEMBERS_HELP} |'
+    )
+    return render_readme_table(SETTINGS, [members])
 
-[training]
-learning_rate = 0.05
-momentum = 0.9
-weight_decay = 0.0
-batch_size = 32
-steps_per_second = 20.0      # pace of local SGD steps; 0 = as fast as the CPU allows
-max_steps = 0                # stop training after this many steps (0 = never); gossip goes on
-lr_schedule = "constant"     # constant | cosine (decays to 0 at max_steps; needs max_steps)
-eval_interval = 2.0          # seconds between validation evaluations
-threads = 1                  # torch CPU threads for training
-enabled = true               # false: only average (no local training)
-checkpoint_interval = 30.0   # seconds between checkpoints of model, optimiser and counters
-                             # (0 = only at shutdown); `start` resumes from the newest one
 
-[task]
-name = ""                    # "" (tabular with a contract, else digits) | digits | tabular
-                             # | package.module:function
-shard = "1/1"                # digits: this member's shard I/N
-partition = "iid"            # digits: iid | dirichlet:ALPHA
-seed = 0                     # same seed on every member: shards are then disjoint
-validation_fraction = 0.2    # share of local data held out for validation
-# Your own data: the task contract every member shares (`gossiplearn task init` makes one)
-# and this member's file, CSV or Parquet (paths relative to this home):
-# contract = "task.toml"
-# data = "/path/to/our_data.csv"
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gossiplearn.peer.home.config --readme`` (or ``--template``): print README.md's
+    configuration table (or the default peer.toml)."""
+    parser = argparse.ArgumentParser(prog="python -m gossiplearn.peer.home.config")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--readme", action="store_true", help="README.md's configuration table")
+    what.add_argument("--template", action="store_true", help="the default peer.toml")
+    args = parser.parse_args(argv)
+    sys.stdout.write(readme_table() if args.readme else DEFAULT_CONFIG_TEXT)
 
-[security]
-# The consortium's network key (libp2p private network): only holders can connect.
-# Create one with `gossiplearn consortium create --out FILE`; mode 0600. Relative to this home.
-# consortium_key = "consortium.key"
-screening = true             # refuse or clip received models that are outliers
-max_norm_ratio = 10.0        # refuse a model whose norm is this many times off the usual
-ban_strikes = 3              # invalid messages within ban_window that get a peer banned
-ban_window = 60.0            # seconds
-ban_seconds = 300.0          # how long a ban lasts (0 = never ban)
-max_inbound_streams = 32     # concurrent inbound gossip streams, all peers together
-max_streams_per_peer = 4     # concurrent inbound gossip streams from one peer
 
-# The member list: when it is not empty, only these peers may connect (edit it with
-# `gossiplearn members add|remove|list`).
-[members]
-# "12D3KooW..." = "Acme Corp"
-"""
+if __name__ == "__main__":
+    main()
