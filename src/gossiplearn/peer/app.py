@@ -35,8 +35,9 @@ from gossiplearn.peer.home.config import (
     load_config_file,
     with_overrides,
 )
+from gossiplearn.peer.home.files import write_atomic
 from gossiplearn.peer.home.home import home_lock
-from gossiplearn.peer.home.modelfile import model_file_bytes, write_atomic
+from gossiplearn.peer.home.modelfile import model_file_bytes
 from gossiplearn.peer.home.resume import (
     Checkpointer,
     model_offer,

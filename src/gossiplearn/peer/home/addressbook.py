@@ -4,7 +4,7 @@ A restarted peer loads it and redials those peers, so the consortium does not de
 bootstrap node staying up, and a peer can rejoin when its bootstrap addresses are dead.
 
 Invariants:
-- The file is written atomically (``modelfile.write_atomic``): a crash leaves the old or the new
+- The file is written atomically (``files.write_atomic``): a crash leaves the old or the new
   book, never a mix. At most ``MAX_PEERS`` peers of at most ``MAX_ADDRS`` addresses each are
   written, most recently seen first.
 - Loading never raises: a missing file is an empty book; a corrupt or malformed one is logged
@@ -25,7 +25,7 @@ from gossiplearn.crypto.identity import is_peer_id
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import PeerRecord
 from gossiplearn.gossip.sampling import PeerEntry
-from gossiplearn.peer.home.modelfile import write_atomic
+from gossiplearn.peer.home.files import write_atomic
 from gossiplearn.peer.net.host import parse_multiaddr
 
 ADDRESS_BOOK_FILE_NAME = "peers.json"

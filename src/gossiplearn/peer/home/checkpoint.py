@@ -12,8 +12,9 @@ Invariants:
 - ``decode_checkpoint`` raises ``CheckpointError`` and nothing else, whatever the bytes: a
   truncated file fails the length check, a flipped bit the magic, version, length or checksum.
 - ``save_checkpoint`` keeps the last good checkpoint: the current file is renamed to
-  ``checkpoint.prev.glc`` (an atomic rename), then the new one is written to a temporary file,
-  fsynced, renamed to ``checkpoint.glc`` and the folder fsynced. A SIGKILL at any instant leaves
+  ``checkpoint.prev.glc`` (an atomic rename), then the new one is written with
+  ``files.write_atomic`` (a temporary file, fsynced, renamed to ``checkpoint.glc``, the folder
+  fsynced). A SIGKILL at any instant leaves
   at least one complete checkpoint once one has been written.
 - ``load_checkpoint`` never raises: it tries the newest file, then the previous one, and says
   which file it skipped and why. A corrupt newest file is moved aside (``checkpoint.bad.glc``)
@@ -38,7 +39,8 @@ import numpy as np
 from gossiplearn.errors import CheckpointError, DecodeError
 from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
-from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, write_atomic
+from gossiplearn.peer.home.files import remove_temporaries, write_atomic
+from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -339,5 +341,4 @@ def _set_aside(path: Path) -> None:
 def remove_stale_temporaries(home: Path) -> None:
     """Delete temporary files left by a writer that was killed (the home lock says we own them)."""
     for name in (CURRENT_NAME, MODEL_FILE_NAME):
-        for tmp in home.glob(f".{name}.*.tmp"):  # write_atomic's temporary names
-            tmp.unlink(missing_ok=True)
+        remove_temporaries(home / name)

@@ -15,6 +15,7 @@ from pathlib import Path
 from gossiplearn.crypto.identity import KEY_FILE_NAME, create_key_file
 from gossiplearn.errors import UserError
 from gossiplearn.peer.home.config import CONFIG_FILE_NAME, DEFAULT_CONFIG_TEXT
+from gossiplearn.peer.home.files import write_atomic
 
 LOCK_FILE_NAME = "peer.lock"
 
@@ -35,7 +36,7 @@ def init_home(home: Path) -> InitResult:
         config = home / CONFIG_FILE_NAME
         created_config = False
         if not config.exists():
-            config.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+            write_atomic(config, DEFAULT_CONFIG_TEXT.encode("utf-8"))
             created_config = True
     except OSError as exc:
         raise UserError(f"cannot initialise {home}: {exc.strerror or exc}") from None

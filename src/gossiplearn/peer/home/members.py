@@ -1,14 +1,12 @@
 """Editing the ``[members]`` table of a home's peer.toml (``gossiplearn members add|remove``).
 
 Edits keep the file's comments and layout (tomlkit), are validated like a start-up load (the
-whole file must still load), and replace the file atomically (temporary file, fsync, rename):
-a running peer that re-reads it never sees half a file.
+whole file must still load), and replace the file atomically (``files.write_atomic``): a running
+peer that re-reads it never sees half a file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import tomlkit
@@ -17,6 +15,7 @@ from tomlkit.exceptions import TOMLKitError
 from gossiplearn.crypto.consortium import Members, check_member
 from gossiplearn.errors import UserError
 from gossiplearn.peer.home.config import CONFIG_FILE_NAME, build_config, load_config_file
+from gossiplearn.peer.home.files import write_atomic
 
 
 def list_members(home: Path) -> Members:
@@ -79,13 +78,7 @@ def _members_table(doc: tomlkit.TOMLDocument) -> tomlkit.items.Table:
 def _write(path: Path, doc: tomlkit.TOMLDocument) -> None:
     text = tomlkit.dumps(doc)
     build_config(tomlkit.parse(text).unwrap(), str(path))  # the result must still load
-    fd, tmp = tempfile.mkstemp(prefix=".peer.toml.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,40 +1,21 @@
 """The saved model file in a peer's home: written atomically, verified by checksum on load.
 
 Layout: ``b"GLMODEL1"`` + SHA-256 of the body (32 bytes) + body, where the body is an encoded
-``ModelOffer`` (the wire codec; no pickle). Writes go to a temporary file in the same folder,
-are fsynced, then renamed over the old file, so a crash leaves either the old or the new model.
+``ModelOffer`` (the wire codec; no pickle). Written with ``files.write_atomic``: a crash leaves
+either the old or the new model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from gossiplearn.errors import DecodeError, UserError
 from gossiplearn.gossip.messages import Limits, ModelOffer, decode, encode
+from gossiplearn.peer.home.files import write_atomic
 
 MAGIC = b"GLMODEL1"
 MODEL_FILE_NAME = "model.glm"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def model_file_bytes(offer: ModelOffer) -> bytes:
