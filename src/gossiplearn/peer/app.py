@@ -47,7 +47,8 @@ from gossiplearn.peer.home.resume import (
 )
 from gossiplearn.peer.learning.learner import ThreadedLearner
 from gossiplearn.peer.learning.trainer import Trainer
-from gossiplearn.peer.net.host import Libp2pTransport, parse_multiaddr
+from gossiplearn.peer.net.addresses import parse_address
+from gossiplearn.peer.net.host import Libp2pTransport
 from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.peer.status import serve_model, serve_status
 from gossiplearn.tasks.base import Task, TaskOptions
@@ -172,7 +173,7 @@ async def run_peer(
     with home_lock(home):
         config = load_peer_config(home, overrides)
         for addr in config.network.bootstrap:
-            parse_multiaddr(addr, need_peer_id=True)
+            parse_address(addr, need_peer_id=True)
         identity = load_key_file(home / KEY_FILE_NAME)
         key = consortium_key(home, config)
         if key is None:

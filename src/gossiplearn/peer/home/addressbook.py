@@ -26,14 +26,13 @@ from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import PeerRecord
 from gossiplearn.gossip.sampling import PeerEntry
 from gossiplearn.peer.home.files import write_atomic
-from gossiplearn.peer.net.host import parse_multiaddr
+from gossiplearn.peer.net.addresses import parse_address
 
 ADDRESS_BOOK_FILE_NAME = "peers.json"
 FORMAT_VERSION = 1
 MAX_PEERS = 256
 MAX_ADDRS = 8
-MAX_ADDR_LEN = 256
-MAX_FILE_BYTES = 1 << 20  # far above MAX_PEERS * MAX_ADDRS * MAX_ADDR_LEN
+MAX_FILE_BYTES = 1 << 20  # far above MAX_PEERS * MAX_ADDRS * addresses.MAX_ADDRESS_LENGTH
 SAVE_INTERVAL = 10.0  # seconds between periodic saves
 
 log = logging.getLogger(__name__)
@@ -115,16 +114,15 @@ def _record(item: object) -> PeerRecord | None:
 
 
 def _valid_addr(addr: object, peer_id: str) -> bool:
-    """A multiaddr string, with no /p2p/ part or ending in ``/p2p/<peer_id>``."""
-    if not isinstance(addr, str) or not addr.startswith("/") or len(addr) > MAX_ADDR_LEN:
-        return False
-    if "/p2p/" in addr and (addr.count("/p2p/") != 1 or not addr.endswith(f"/p2p/{peer_id}")):
+    """An address we accept (``net.addresses``), with no /p2p/ part or ending in
+    ``/p2p/<peer_id>``."""
+    if not isinstance(addr, str):
         return False
     try:
-        parse_multiaddr(addr)
+        parsed = parse_address(addr)
     except UserError:
         return False
-    return True
+    return parsed.peer_id in (None, peer_id)
 
 
 async def keep_address_book(path: Path, entries: Callable[[], Iterable[PeerEntry]]) -> None:

@@ -32,7 +32,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -44,6 +43,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError, UserError
+from gossiplearn.peer.net.addresses import PeerAddress, parse_address
 from gossiplearn.peer.net.transport import Gate, Handler, Stream, open_gate
 
 log = logging.getLogger(__name__)
@@ -190,20 +190,28 @@ class _GateHolder:
         self.gate: Gate = open_gate
 
 
-def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
-    """Parse a multiaddr, raising ``UserError`` with the offending text."""
+def _multiaddr(text: str) -> multiaddr.Multiaddr:
+    """A parsed address (``addresses.parse_address``) as libp2p's ``Multiaddr``; ``UserError``
+    should the multiaddr library refuse what we accept."""
     try:
-        addr = multiaddr.Multiaddr(text)
+        return multiaddr.Multiaddr(text)
     except Exception as exc:  # noqa: BLE001 - multiaddr raises assorted types
         raise UserError(f"{text!r} is not a valid multiaddr ({exc})") from None
-    if need_peer_id and "/p2p/" not in str(addr):
-        raise UserError(
-            f"{text!r} must end in /p2p/<peer id> (copy it from the peer's start output)"
-        )
-    return addr
 
 
-def check_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
+def _dialable(peer_id: str, addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    """The addresses of ``peer_id`` we can dial (``addresses.parse_address``); a peer may
+    advertise others (a newer transport), which are skipped."""
+    out = []
+    for text in addrs:
+        try:
+            out.append(_multiaddr(str(parse_address(text))))
+        except UserError as exc:
+            log.debug("address of %s skipped: %s", peer_id, exc)
+    return out
+
+
+def check_ports_free(addrs: Sequence[PeerAddress]) -> None:
     """Refuse a fixed TCP port that another process already listens on.
 
     py-libp2p binds with SO_REUSEPORT (for hole punching), so a second peer on the same port
@@ -211,22 +219,17 @@ def check_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
     A probe bind without SO_REUSEPORT fails while any listener holds the port.
     """
     for addr in addrs:
-        text = str(addr)
-        parts = text.strip("/").split("/")
-        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp":
+        if addr.protocol not in ("ip4", "ip6") or addr.port == 0:
             continue
-        host, port = parts[1], int(parts[3])
-        if port == 0:
-            continue
-        family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
+        family = socket.AF_INET if addr.protocol == "ip4" else socket.AF_INET6
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((host, port))
+                probe.bind((addr.host, addr.port))
             except OSError as exc:
                 raise UserError(
-                    f"cannot listen on {text}: {exc.strerror} (is another peer or program using "
-                    f"port {port}? pick another port in --listen, or /tcp/0 for a free one)"
+                    f"cannot listen on {addr}: {exc.strerror} (is another peer or program using "
+                    f"port {addr.port}? pick another port in --listen, or /tcp/0 for a free one)"
                 ) from None
 
 
@@ -306,8 +309,9 @@ class Libp2pTransport:
         network); others fail within ``dial_timeout``.
         """
         _quiet_libp2p()
-        addrs = [parse_multiaddr(a) for a in listen]
-        check_ports_free(addrs)
+        listening = [parse_address(a) for a in listen]
+        check_ports_free(listening)
+        addrs = [_multiaddr(str(a)) for a in listening]
         kp = _key_pair(identity)
         holder = _GateHolder()
         host = new_host(
@@ -379,13 +383,16 @@ class Libp2pTransport:
 
     async def connect(self, addr: str) -> str:
         try:
-            info = info_from_p2p_addr(parse_multiaddr(addr, need_peer_id=True))
+            address = parse_address(addr, need_peer_id=True)
+            assert address.peer_id is not None
+            peer = ID.from_base58(address.peer_id)
+            transport_addr = _multiaddr(address.transport)
         except UserError as exc:
             raise TransportError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"{addr!r} is not a dialable peer address: {exc}") from None
-        await self._dial(info.peer_id, info.addrs)
-        return str(info.peer_id)
+        await self._dial(peer, [transport_addr])
+        return str(peer)
 
     async def _dial(self, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -> None:
         network = self._host.get_network()
@@ -409,10 +416,9 @@ class Libp2pTransport:
     async def open_stream(self, peer_id: str, protocol: str, addrs: Sequence[str] = ()) -> Stream:
         try:
             peer = ID.from_base58(peer_id)
-            maddrs = [multiaddr.Multiaddr(a) for a in addrs]
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"bad peer record {peer_id}: {exc}") from None
-        await self._dial(peer, maddrs)
+        await self._dial(peer, _dialable(peer_id, addrs))
         try:
             with trio.fail_after(self._dial_timeout):
                 stream = await self._host.new_stream(peer, [TProtocol(protocol)])
