@@ -7,9 +7,10 @@ libp2p's private-network layer (PSK) before anything else is said, so a dialer w
 cannot even negotiate a protocol. Right after the Noise handshake authenticates the remote, the
 node's *gate* (member list, bans) may refuse it: the connection is closed before the muxer is
 negotiated, so no stream, and no gossip protocol, can ever run with a refused peer.
-libp2p and multiaddr exceptions are translated to ``TransportError`` here, once. Stream handlers
-run behind a boundary that catches everything but cancellation, because an exception escaping
-a py-libp2p stream handler takes the whole host down.
+libp2p and multiaddr exceptions are translated to ``TransportError`` here, once, by
+``except Exception`` clauses, which let ``trio.Cancelled`` (a ``BaseException``) through. Stream
+handlers run behind such a boundary, because an exception escaping a py-libp2p stream handler
+takes the whole host down.
 """
 
 from __future__ import annotations
@@ -249,24 +250,18 @@ class Libp2pStream:
             return bytes(await self._s.read(max_bytes))
         except StreamEOF:
             return b""
-        except trio.Cancelled:
-            raise
         except Exception as exc:  # noqa: BLE001 - libp2p raises many types; translate once
             raise TransportError(f"read from {self._remote} failed: {exc!r}") from None
 
     async def write(self, data: bytes) -> None:
         try:
             await self._s.write(data)
-        except trio.Cancelled:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"write to {self._remote} failed: {exc!r}") from None
 
     async def close(self) -> None:
         try:
             await self._s.close()
-        except trio.Cancelled:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"closing stream to {self._remote} failed: {exc!r}") from None
 
@@ -376,8 +371,6 @@ class Libp2pTransport:
             peer = ID.from_base58(peer_id)
             with trio.move_on_after(self._dial_timeout):
                 await self._host.disconnect(peer)
-        except trio.Cancelled:
-            raise
         except Exception:
             log.debug("disconnecting %s failed", peer_id, exc_info=True)
 
@@ -408,8 +401,6 @@ class Libp2pTransport:
                 await network.dial_peer(peer)
         except trio.TooSlowError:
             raise TransportError(f"dial to {peer} timed out after {self._dial_timeout} s") from None
-        except trio.Cancelled:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"dial to {peer} failed: {exc}") from None
 
@@ -424,8 +415,6 @@ class Libp2pTransport:
                 stream = await self._host.new_stream(peer, [TProtocol(protocol)])
         except trio.TooSlowError:
             raise TransportError(f"opening {protocol} to {peer_id} timed out") from None
-        except trio.Cancelled:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise TransportError(f"opening {protocol} to {peer_id} failed: {exc}") from None
         return Libp2pStream(stream)
