@@ -27,7 +27,8 @@ WRITER = textwrap.dedent(
     import numpy as np
     from gossiplearn.gossip.stats import ExchangeCounters
     from gossiplearn.peer.home.checkpoint import (
-        Checkpoint, NodeState, TrainerState, encode_checkpoint, save_checkpoint)
+        Checkpoint, NodeState, encode_checkpoint, save_checkpoint)
+    from gossiplearn.peer.learning.state import TrainerState
     home, step = Path(sys.argv[1]), int(sys.argv[2])
     weights = np.random.default_rng(step).standard_normal(1 << 20).astype(np.float32)  # 4 MiB
     while True:

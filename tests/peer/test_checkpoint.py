@@ -27,7 +27,6 @@ from gossiplearn.peer.home.checkpoint import (
     PREVIOUS_NAME,
     Checkpoint,
     NodeState,
-    TrainerState,
     decode_checkpoint,
     encode_checkpoint,
     load_checkpoint,
@@ -36,6 +35,7 @@ from gossiplearn.peer.home.checkpoint import (
 from gossiplearn.peer.home.config import TrainingConfig
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 from gossiplearn.peer.home.resume import resume, save_model_file
+from gossiplearn.peer.learning.state import TrainerState
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
 from gossiplearn.tasks.digits import make_task

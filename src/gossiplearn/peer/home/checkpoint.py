@@ -28,8 +28,8 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
 from gossiplearn.peer.home.files import remove_temporaries, write_atomic
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.learning.state import TrainerState
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,6 @@ PREVIOUS_NAME = "checkpoint.prev.glc"
 BAD_NAME = "checkpoint.bad.glc"
 _ORDER_DTYPE = np.dtype("<i8")
 _COUNTER_FIELDS = tuple(f.name for f in fields(ExchangeCounters) if f.name != "refused_by_reason")
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerState:
-    """Everything that determines the trainer's next SGD step."""
-
-    fingerprint: bytes  # of the model's exchanged tensors (gossip.messages.fingerprint)
-    steps: int
-    samples_seen: int
-    tensors: Mapping[str, np.ndarray] = field(repr=False)  # floating state_dict entries
-    momentum: Mapping[str, np.ndarray] = field(repr=False)  # SGD momentum buffer per parameter
-    rng_state: bytes = field(repr=False)  # the batch-order generator (torch.Generator state)
-    order: np.ndarray = field(repr=False)  # the current epoch's permutation (int64)
-    position: int = 0  # next index into ``order``
-    task: bytes = b""  # the task identity's digest (absent in checkpoints before contracts)
-    stats: np.ndarray | None = field(default=None, repr=False)  # statistics the model is under
-    local_stats: np.ndarray | None = field(default=None, repr=False)  # our own rows' sums then
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,8 @@ import torch
 from gossiplearn.gossip.aggregate import BadStatistics, SumsLayout, check
 from gossiplearn.gossip.merge import apply_merge, merge_delta
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, fingerprint, specs_of
-from gossiplearn.peer.home.checkpoint import TrainerState
 from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.learning.state import TrainerState
 from gossiplearn.tasks.base import Task, task_identity
 from gossiplearn.tasks.contract import identity_digest
 
