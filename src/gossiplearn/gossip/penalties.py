@@ -1,10 +1,12 @@
 """Offences and temporary bans of misbehaving peers (pure: the caller passes ``now``).
 
 A peer that sends invalid data (a malformed frame, a model that is not finite or not ours, a
-frame over the limit, a slow drip past the deadline) commits an *offence*. ``strikes`` offences
-within ``window`` seconds ban it for ``ban_seconds``; a ban expires by itself, and the peer
-then starts with a clean record. Honest peers almost never offend: a decline, a network failure
-or a clipped outlier is not an offence.
+frame over the limit, a slow drip past the deadline) or a model far beyond the clipping radius
+(a *far* outlier, ``screening.ScreeningConfig.far_factor``) commits an *offence*. ``strikes``
+offences within ``window`` seconds ban it for ``ban_seconds``; a ban expires by itself, and the
+peer then starts with a clean record. Honest peers rarely offend: a decline, a network failure
+or a model clipped within ``far_factor`` radii is no offence, and an honest late joiner is a far
+outlier once or twice, where a poisoner is one at every exchange.
 
 Memory is bounded: at most ``max_tracked`` peers with offences are remembered (the stalest
 record is forgotten first), each with at most ``strikes`` offence times, and at most

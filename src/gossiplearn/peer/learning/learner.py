@@ -1,12 +1,16 @@
 """The node's view of its model: a small async interface, with a threaded torch implementation.
 
 ``Learner`` is what ``Node`` drives. ``ThreadedLearner`` runs a ``Trainer``'s blocking torch work
-in worker threads (``trio.to_thread.run_sync`` behind a ``CapacityLimiter``), so the event loop
-never blocks. The simulator's ``VectorLearner`` (``peer/sim.py``) implements the same interface
-synchronously, which lets virtual-time tests use trio's autojump clock.
+in worker threads (``trio.to_thread.run_sync``), so the event loop never blocks. Training and
+evaluation, the long jobs, take turns through a ``CapacityLimiter`` of one. A snapshot and a
+merge do not queue behind them: they take only the trainer's lock, which ``train_steps`` holds
+for one SGD step at a time, so an exchange waits for the step (or evaluation) in progress, not
+for a whole training call. The simulator's ``VectorLearner`` (``peer/sim.py``) implements the
+same interface synchronously, which lets virtual-time tests use trio's autojump clock.
 
-Cancellation: a cancelled ``train``/``merge`` waits for the step in progress to finish
-(``abandon_on_cancel=False``), so the model is never left half-updated.
+Cancellation: a cancelled call waits for its worker thread to return (``abandon_on_cancel`` is
+left False): ``train`` for all the steps it was asked for (the node asks for a chunk: about
+0.1 s of steps, or 10), ``merge`` for the whole merge, so the model is never left half-updated.
 """
 
 from __future__ import annotations
@@ -120,7 +124,9 @@ class TrainerLearner:
 class ThreadedLearner(TrainerLearner):
     def __init__(self, trainer: Trainer) -> None:
         super().__init__(trainer)
-        self._limiter = trio.CapacityLimiter(1)  # one torch job at a time per peer
+        # training and evaluation take turns; snapshot and merge skip the queue (the
+        # trainer's lock still keeps them from interleaving with a step)
+        self._limiter = trio.CapacityLimiter(1)
 
     async def train(self, count: int) -> int:
         return await trio.to_thread.run_sync(self.trainer.train_steps, count, limiter=self._limiter)
