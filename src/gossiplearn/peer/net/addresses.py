@@ -14,13 +14,17 @@ address book does not import libp2p; ``host.py`` converts a parsed address to li
 
 Invariant: ``parse_address`` raises ``UserError``, and only that, for any text; the message
 quotes the text (shortened) and says which part is wrong.
+
+``check_ports_free`` probes listen addresses before the host binds them (py-libp2p's
+SO_REUSEPORT would otherwise let two peers share a port: docs/libp2p-notes.md, 9).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gossiplearn.crypto.identity import is_peer_id
@@ -110,3 +114,25 @@ def _host(protocol: str, host: str, bad: Callable[[str], UserError]) -> str:
 def _cut(text: str, limit: int) -> str:
     """``text``, cut to ``limit`` characters for a message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_ports_free(addrs: Sequence[PeerAddress]) -> None:
+    """Refuse a fixed TCP port that another process already listens on.
+
+    py-libp2p binds with SO_REUSEPORT (for hole punching), so a second peer on the same port
+    would start "successfully" and the kernel would split incoming connections between the two.
+    A probe bind without SO_REUSEPORT fails while any listener holds the port.
+    """
+    for addr in addrs:
+        if addr.protocol not in ("ip4", "ip6") or addr.port == 0:
+            continue
+        family = socket.AF_INET if addr.protocol == "ip4" else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((addr.host, addr.port))
+            except OSError as exc:
+                raise UserError(
+                    f"cannot listen on {addr}: {exc.strerror} (is another peer or program using "
+                    f"port {addr.port}? pick another port in --listen, or /tcp/0 for a free one)"
+                ) from None

@@ -16,7 +16,6 @@ takes the whole host down.
 from __future__ import annotations
 
 import logging
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -44,7 +43,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError, UserError
-from gossiplearn.peer.net.addresses import PeerAddress, parse_address
+from gossiplearn.peer.net.addresses import check_ports_free, parse_address
 from gossiplearn.peer.net.transport import Gate, Handler, Stream, open_gate
 
 log = logging.getLogger(__name__)
@@ -210,28 +209,6 @@ def _dialable(peer_id: str, addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
         except UserError as exc:
             log.debug("address of %s skipped: %s", peer_id, exc)
     return out
-
-
-def check_ports_free(addrs: Sequence[PeerAddress]) -> None:
-    """Refuse a fixed TCP port that another process already listens on.
-
-    py-libp2p binds with SO_REUSEPORT (for hole punching), so a second peer on the same port
-    would start "successfully" and the kernel would split incoming connections between the two.
-    A probe bind without SO_REUSEPORT fails while any listener holds the port.
-    """
-    for addr in addrs:
-        if addr.protocol not in ("ip4", "ip6") or addr.port == 0:
-            continue
-        family = socket.AF_INET if addr.protocol == "ip4" else socket.AF_INET6
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((addr.host, addr.port))
-            except OSError as exc:
-                raise UserError(
-                    f"cannot listen on {addr}: {exc.strerror} (is another peer or program using "
-                    f"port {addr.port}? pick another port in --listen, or /tcp/0 for a free one)"
-                ) from None
 
 
 class Libp2pStream:
