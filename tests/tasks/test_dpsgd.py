@@ -167,6 +167,18 @@ def test_a_restored_state_continues_bit_for_bit() -> None:
     assert torch.equal(flat(model), expected)
 
 
+def test_a_restore_without_noise_keeps_the_new_generator() -> None:
+    dp = PrivateSGD(mlp(64, 8, 10), digits_like(), F.cross_entropy, budget(0.1), seed=4)
+    dp.step(0.1)
+    saved = dp.state()
+    fresh = PrivateSGD(mlp(64, 8, 10), digits_like(), F.cross_entropy, budget(0.1), seed=9)
+    own = fresh.state().generator
+    fresh.restore(saved, noise=False)
+    assert torch.equal(fresh.state().generator, own)
+    fresh.restore(saved)
+    assert torch.equal(fresh.state().generator, saved.generator)
+
+
 def test_a_state_of_another_model_is_refused() -> None:
     dp = PrivateSGD(mlp(64, 8, 10), digits_like(), F.cross_entropy, budget(0.1), momentum=0.9)
     dp.step(0.1)

@@ -21,7 +21,9 @@ Invariants:
 - The history is the fact, the accountant an analysis of it: the ledger stores (σ, q, steps)
   entries (consecutive equal (σ, q) merged, so 100,000 steps at one setting are one entry) and
   evaluates them with the accountant a query names. Its state is plain msgpack data, so a
-  checkpoint carries it and ε never resets on restart.
+  checkpoint carries it and ε never resets on restart. (Steps taken after the last saved
+  ledger and released in a model are spent all the same: the ledger must be saved before a
+  model trained by new steps is sent, or a resume must count those steps.)
 - Pure: no clocks, no I/O. Opacus (and with it torch) is imported on first use, so building or
   validating a ``PrivacyBudget`` from settings stays cheap.
 

@@ -23,6 +23,12 @@ Invariants:
   torch's Mersenne Twister, not a cryptographic generator, and is not hardened against
   floating-point attacks on the Gaussian sampler (Mironov 2012; arXiv 2107.10138,
   2112.05307); secure mode would need the ``torchcsprng`` package and four draws per value.
+- Noise must never be reused on a different computation: restoring the generator state from
+  a checkpoint replays the noise of the steps after it, which is safe only if no model trained
+  past the checkpoint was sent. A model sent after step k and a replay of step k from other
+  merged parameters carry the same noise, and their difference shows the gradients without
+  it. A resume that cannot rule that out must restore the momentum only and reseed
+  (``restore(state, noise=False)``).
 """
 
 from __future__ import annotations
@@ -233,8 +239,10 @@ class PrivateSGD:
             return "its DP-SGD generator state has the wrong size"
         return None
 
-    def restore(self, state: PrivateSGDState) -> None:
-        """Reinstate ``state``. Raises ``CheckpointError`` if ``incompatibility`` finds one."""
+    def restore(self, state: PrivateSGDState, *, noise: bool = True) -> None:
+        """Reinstate ``state``; with ``noise=False`` the momentum only, keeping this
+        instance's own generator (see the module's note on replayed noise). Raises
+        ``CheckpointError`` if ``incompatibility`` finds one."""
         problem = self.incompatibility(state)
         if problem is not None:
             raise CheckpointError(f"cannot resume DP-SGD: {problem}")
@@ -243,7 +251,8 @@ class PrivateSGD:
         for name, buf in state.momentum.items():
             param = params[name]
             self._sgd.state[param]["momentum_buffer"] = buf.detach().clone().to(param)
-        self._generator.set_state(state.generator.clone())
+        if noise:
+            self._generator.set_state(state.generator.clone())
 
     def close(self) -> None:
         """Remove Opacus's hooks and per-parameter attributes: ``model`` is a plain module
