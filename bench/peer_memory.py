@@ -16,7 +16,7 @@ import trio
 
 from bench.report import Section
 from gossiplearn.errors import UserError
-from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.home import Home, init_home
 from gossiplearn.peer.status import fetch_status
 
 HIDDEN = (64, 65536)  # the digits MLP 64-H-10: 4,810 and 4,916,234 parameters
@@ -40,7 +40,7 @@ def _rss_mib(pid: int) -> tuple[float, float]:
 
 def _status(home: Path) -> dict[str, Any] | None:
     try:
-        return trio.run(fetch_status, home)
+        return trio.run(fetch_status, Home(home))
     except UserError:
         return None
 

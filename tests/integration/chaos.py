@@ -37,7 +37,7 @@ from gossiplearn.demo.baselines import saved_model_accuracy, shard_task
 from gossiplearn.errors import UserError
 from gossiplearn.peer.home.checkpoint import load_checkpoint
 from gossiplearn.peer.home.config import TrainingConfig
-from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.home import Home, init_home
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.status import fetch_status
@@ -211,7 +211,7 @@ class Consortium:
         if not m.alive():
             return None
         try:
-            return trio.run(fetch_status, m.home)
+            return trio.run(fetch_status, Home(m.home))
         except UserError:
             return None
 

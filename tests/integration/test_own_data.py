@@ -38,9 +38,10 @@ def _onnx_against_predictions(model: Path, data: Path, contract: Path, preds: Pa
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     from gossiplearn.peer.app import build_task  # the task `predict` used, from the contract
     from gossiplearn.peer.home.config import PeerConfig, with_overrides
+    from gossiplearn.peer.home.home import Home
 
     config = with_overrides(PeerConfig(), {"task.contract": str(contract)})
-    task = build_task(config, contract.parent, need_data=False)
+    task = build_task(config, Home(contract.parent), need_data=False)
     feed = onnx_inputs(task, read_table(data))
     outputs = dict(
         zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True)

@@ -33,6 +33,7 @@ from gossiplearn.peer.home.checkpoint import (
     save_checkpoint,
 )
 from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.home import Home
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 from gossiplearn.peer.home.resume import resume, save_model_file
 from gossiplearn.peer.learning.state import TrainerState
@@ -300,9 +301,9 @@ def test_resume_prefers_the_checkpoint_then_the_model_file_then_fresh(
 ) -> None:
     trainer = Trainer(task, CONFIG, seed=1)
     trainer.train_steps(5)
-    save_model_file(trainer, tmp_path)  # an older home: model.glm only
+    save_model_file(trainer, Home(tmp_path))  # an older home: model.glm only
     fresh = Trainer(task, CONFIG, seed=3)
-    assert resume(fresh, tmp_path) is None
+    assert resume(fresh, Home(tmp_path)) is None
     assert fresh.steps == 5
     assert all(np.array_equal(fresh.snapshot()[k], v) for k, v in trainer.snapshot().items())
 
@@ -310,7 +311,7 @@ def test_resume_prefers_the_checkpoint_then_the_model_file_then_fresh(
     cp = Checkpoint(2.0, trainer.state(), small_checkpoint().node)
     save_checkpoint(tmp_path, encode_checkpoint(cp))
     again = Trainer(task, CONFIG, seed=3)
-    loaded = resume(again, tmp_path)
+    loaded = resume(again, Home(tmp_path))
     assert loaded is not None and loaded.trainer.steps == again.steps == 10
     assert loaded.node == cp.node
 
@@ -318,7 +319,7 @@ def test_resume_prefers_the_checkpoint_then_the_model_file_then_fresh(
     (tmp_path / MODEL_FILE_NAME).write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
         last = Trainer(task, CONFIG, seed=3)
-        assert resume(last, tmp_path) is None
+        assert resume(last, Home(tmp_path)) is None
     assert last.steps == 0
     assert "shorter than the header" in caplog.text and MODEL_FILE_NAME in caplog.text
     torch.manual_seed(0)  # leave the global generator as other tests expect it

@@ -14,19 +14,18 @@ from gossiplearn.peer.home.config import (
     SecurityConfig,
     load_config_file,
 )
-from gossiplearn.peer.home.home import init_home
-from gossiplearn.peer.home.members import add_member, list_members, remove_member
+from gossiplearn.peer.home.home import Home
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "h"
-    init_home(path)
-    return path
+def home(tmp_path: Path) -> Home:
+    home = Home(tmp_path / "h")
+    home.init()
+    return home
 
 
-def config_text(home: Path) -> str:
-    return (home / CONFIG_FILE_NAME).read_text(encoding="utf-8")
+def config_text(home: Home) -> str:
+    return (home.config_file).read_text(encoding="utf-8")
 
 
 def new_id() -> str:
@@ -36,121 +35,121 @@ def new_id() -> str:
 # ---------------------------------------------------------------------------------- editing
 
 
-def test_add_keeps_the_comments_and_the_file_still_loads(home: Path) -> None:
+def test_add_keeps_the_comments_and_the_file_still_loads(home: Home) -> None:
     a, b = new_id(), new_id()
-    assert add_member(home, a, "Acme Corp")
-    assert add_member(home, b, "  Bolt  ")  # stored trimmed
+    assert home.add_member(a, "Acme Corp")
+    assert home.add_member(b, "  Bolt  ")  # stored trimmed
     text = config_text(home)
     assert text.startswith(DEFAULT_CONFIG_TEXT)  # every comment and setting, in place
-    cfg = load_config_file(home / CONFIG_FILE_NAME)
+    cfg = load_config_file(home.config_file)
     assert dict(cfg.members) == {a: "Acme Corp", b: "Bolt"}
     assert cfg.security == SecurityConfig()  # the rest of the file is untouched
-    assert dict(list_members(home)) == {a: "Acme Corp", b: "Bolt"}
+    assert dict(home.members()) == {a: "Acme Corp", b: "Bolt"}
 
 
-def test_add_then_remove_restores_the_file(home: Path) -> None:
+def test_add_then_remove_restores_the_file(home: Home) -> None:
     a = new_id()
-    add_member(home, a, "Acme")
-    assert remove_member(home, a) == a
+    home.add_member(a, "Acme")
+    assert home.remove_member(a) == a
     assert config_text(home) == DEFAULT_CONFIG_TEXT
 
 
-def test_adding_twice_renames(home: Path) -> None:
+def test_adding_twice_renames(home: Home) -> None:
     a = new_id()
-    assert add_member(home, a, "Acme") is True
-    assert add_member(home, a, "Acme Corp") is False
-    assert dict(list_members(home)) == {a: "Acme Corp"}
+    assert home.add_member(a, "Acme") is True
+    assert home.add_member(a, "Acme Corp") is False
+    assert dict(home.members()) == {a: "Acme Corp"}
     assert config_text(home).count(a) == 1
 
 
-def test_remove_by_peer_id_and_by_name(home: Path) -> None:
+def test_remove_by_peer_id_and_by_name(home: Home) -> None:
     a, b, c = new_id(), new_id(), new_id()
     for pid, name in ((a, "Acme"), (b, "Bolt"), (c, "Crane")):
-        add_member(home, pid, name)
-    assert remove_member(home, b) == b
-    assert remove_member(home, "Crane") == c
-    assert dict(list_members(home)) == {a: "Acme"}
+        home.add_member(pid, name)
+    assert home.remove_member(b) == b
+    assert home.remove_member("Crane") == c
+    assert dict(home.members()) == {a: "Acme"}
     assert text_has_comments(home)
 
 
-def text_has_comments(home: Path) -> bool:
+def text_has_comments(home: Home) -> bool:
     return '# "12D3KooW..." = "Acme Corp"' in config_text(home)
 
 
-def test_removing_an_unknown_member_is_a_user_error(home: Path) -> None:
-    add_member(home, new_id(), "Acme")
+def test_removing_an_unknown_member_is_a_user_error(home: Home) -> None:
+    home.add_member(new_id(), "Acme")
     before = config_text(home)
     with pytest.raises(UserError, match="'Nobody' is not in the member list") as info:
-        remove_member(home, "Nobody")
-    assert str(home / CONFIG_FILE_NAME) in str(info.value)
+        home.remove_member("Nobody")
+    assert str(home.config_file) in str(info.value)
     with pytest.raises(UserError, match="is not in the member list"):
-        remove_member(home, new_id())
+        home.remove_member(new_id())
     assert config_text(home) == before
 
 
-def test_an_ambiguous_name_is_refused(home: Path) -> None:
+def test_an_ambiguous_name_is_refused(home: Home) -> None:
     a, b = new_id(), new_id()
-    add_member(home, a, "Acme")
-    add_member(home, b, "Acme")
+    home.add_member(a, "Acme")
+    home.add_member(b, "Acme")
     before = config_text(home)
     with pytest.raises(UserError, match=r"2 members are named 'Acme'.*by its peer ID"):
-        remove_member(home, "Acme")
+        home.remove_member("Acme")
     assert config_text(home) == before
-    assert remove_member(home, a) == a  # by ID it is not ambiguous
-    assert remove_member(home, "Acme") == b  # and now the name is unique
+    assert home.remove_member(a) == a  # by ID it is not ambiguous
+    assert home.remove_member("Acme") == b  # and now the name is unique
 
 
 @pytest.mark.parametrize(
     "bad", ["12D3KooWnotanid", "Acme", "", "12D3KooWJWTvjTP9cLktcU2g7QLNbJeqHqaimrq9Tatk742pk8"]
 )
-def test_an_invalid_peer_id_is_refused_and_the_file_is_unchanged(home: Path, bad: str) -> None:
-    add_member(home, new_id(), "Acme")
-    path = home / CONFIG_FILE_NAME
+def test_an_invalid_peer_id_is_refused_and_the_file_is_unchanged(home: Home, bad: str) -> None:
+    home.add_member(new_id(), "Acme")
+    path = home.config_file
     before = path.read_bytes()
     with pytest.raises(UserError, match="is not a peer ID"):
-        add_member(home, bad, "Bolt")
+        home.add_member(bad, "Bolt")
     assert path.read_bytes() == before
-    assert sorted(p.name for p in home.iterdir()) == sorted(
+    assert sorted(p.name for p in home.path.iterdir()) == sorted(
         ["identity.key", CONFIG_FILE_NAME]
     )  # no temporary file left behind
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 65])
-def test_an_invalid_name_is_refused_and_the_file_is_unchanged(home: Path, name: str) -> None:
-    path = home / CONFIG_FILE_NAME
+def test_an_invalid_name_is_refused_and_the_file_is_unchanged(home: Home, name: str) -> None:
+    path = home.config_file
     before = path.read_bytes()
     with pytest.raises(UserError, match="non-empty string"):
-        add_member(home, new_id(), name)
+        home.add_member(new_id(), name)
     assert path.read_bytes() == before
 
 
-def test_an_edit_that_would_not_load_is_refused(home: Path) -> None:
+def test_an_edit_that_would_not_load_is_refused(home: Home) -> None:
     # a file that is already invalid elsewhere: the edit must not write it back
-    path = home / CONFIG_FILE_NAME
+    path = home.config_file
     path.write_text(DEFAULT_CONFIG_TEXT.replace("ban_strikes = 3", "ban_strikes = 0"))
     before = path.read_bytes()
     with pytest.raises(UserError, match=r"security\.ban_strikes"):
-        add_member(home, new_id(), "Acme")
+        home.add_member(new_id(), "Acme")
     assert path.read_bytes() == before
 
 
 def test_editing_outside_a_home_says_to_run_init(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="gossiplearn init"):
-        add_member(tmp_path / "missing", new_id(), "Acme")
+        Home(tmp_path / "missing").add_member(new_id(), "Acme")
 
 
-def test_a_home_without_peer_toml_gets_a_members_table(home: Path) -> None:
-    (home / CONFIG_FILE_NAME).unlink()
+def test_a_home_without_peer_toml_gets_a_members_table(home: Home) -> None:
+    (home.config_file).unlink()
     a = new_id()
-    add_member(home, a, "Acme")
-    assert dict(load_config_file(home / CONFIG_FILE_NAME).members) == {a: "Acme"}
+    home.add_member(a, "Acme")
+    assert dict(load_config_file(home.config_file).members) == {a: "Acme"}
 
 
-def test_a_file_that_is_not_toml_is_refused(home: Path) -> None:
-    path = home / CONFIG_FILE_NAME
+def test_a_file_that_is_not_toml_is_refused(home: Home) -> None:
+    path = home.config_file
     path.write_text("[members\n")
     with pytest.raises(UserError, match="is not valid TOML"):
-        add_member(home, new_id(), "Acme")
+        home.add_member(new_id(), "Acme")
     assert path.read_text() == "[members\n"
 
 

@@ -26,7 +26,7 @@ from gossiplearn.peer.home.checkpoint import (
     save_checkpoint,
 )
 from gossiplearn.peer.home.config import TrainingConfig
-from gossiplearn.peer.home.home import init_home
+from gossiplearn.peer.home.home import Home
 from gossiplearn.peer.home.resume import resume, save_model_file
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.usage import evaluate, open_model, predict
@@ -82,9 +82,9 @@ def test_statistics_and_task_digest_survive_a_checkpoint(
     rows = trainer.task.train.features
     before = outputs(trainer, rows)
 
-    home = tmp_path / "home"
-    init_home(home)
-    save_checkpoint(home, encode_checkpoint(_checkpoint_of(trainer)))
+    home = Home(tmp_path / "home")
+    home.init()
+    save_checkpoint(home.path, encode_checkpoint(_checkpoint_of(trainer)))
     again = tabular_trainer(*files)
     assert resume(again, home) is not None
     np.testing.assert_array_equal(again.stats, moved)
@@ -128,9 +128,9 @@ def test_a_saved_tabular_model_is_used_with_the_home_contract_copy(
     contract, data = files
     trainer = tabular_trainer(contract, data)
     trainer.train_steps(50)
-    home = tmp_path / "home"
-    init_home(home)
-    (home / "contract.toml").write_bytes(contract.read_bytes())  # what `start --contract` keeps
+    home = Home(tmp_path / "home")
+    home.init()
+    home.contract_copy.write_bytes(contract.read_bytes())  # what `start --contract` keeps
     save_model_file(trainer, home)
     usable = trio.run(open_model, home)
     assert "model.glm" in usable.source
@@ -151,8 +151,8 @@ def test_a_model_of_another_contract_is_refused_by_name(
 ) -> None:
     contract, data = files
     trainer = tabular_trainer(contract, data)
-    home = tmp_path / "home"
-    init_home(home)
+    home = Home(tmp_path / "home")
+    home.init()
     save_model_file(trainer, home)
     other = tmp_path / "other.toml"
     other.write_text(contract.read_text().replace('name = "churn"', 'name = "churn-2"'))
@@ -161,8 +161,8 @@ def test_a_model_of_another_contract_is_refused_by_name(
 
 
 def test_no_model_anywhere_says_how_to_get_one(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init_home(home)
+    home = Home(tmp_path / "home")
+    home.init()
     with pytest.raises(UserError, match=r"no model in .*gossiplearn start"):
         trio.run(open_model, home)
 
@@ -171,8 +171,8 @@ def test_digits_models_read_a_file_of_pixels(tmp_path: Path) -> None:
     task = digits.make_task(TaskOptions())
     trainer = Trainer(task, TrainingConfig())
     trainer.train_steps(200)
-    home = tmp_path / "home"
-    init_home(home)
+    home = Home(tmp_path / "home")
+    home.init()
     save_model_file(trainer, home)
     assert task.test is not None
     path = tmp_path / "digits.csv"
@@ -221,12 +221,12 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 def test_a_custom_task_declares_its_identity_and_how_to_read_files(
     tmp_path: Path, user_module: str
 ) -> None:
-    from gossiplearn.peer.app import build_task, load_peer_config
+    from gossiplearn.peer.app import build_task
 
-    home = tmp_path / "home"
-    init_home(home)
+    home = Home(tmp_path / "home")
+    home.init()
     overrides = {"task.name": f"{user_module}:make"}
-    task = build_task(load_peer_config(home, overrides), home)
+    task = build_task(home.config(overrides), home)
     trainer = Trainer(task, TrainingConfig())
     save_model_file(trainer, home)
     usable = trio.run(open_model, home, overrides)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
@@ -18,7 +18,18 @@ from gossiplearn.errors import UserError
 from gossiplearn.peer.home.config import SETTINGS
 from gossiplearn.peer.home.settings import OneOf, Setting
 
+if TYPE_CHECKING:
+    from gossiplearn.peer.home.home import Home
+
 HOME_HELP = "Peer home (default: $GOSSIPLEARN_HOME, else the user data dir)."
+
+
+def _home(home: Path | None) -> Home:
+    """The home ``--home`` names, else $GOSSIPLEARN_HOME's, else the user data dir's."""
+    from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.home.home import Home
+
+    return Home(resolve_home(home))
 
 
 def _fail(exc: UserError) -> None:
@@ -117,6 +128,7 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
     """Run this company's peer in the foreground until Ctrl-C or SIGTERM."""
     from gossiplearn.peer.app import run_peer
     from gossiplearn.peer.home.config import resolve_home
+    from gossiplearn.peer.home.home import Home
     from gossiplearn.peer.node.node import Node
 
     _setup_logging(log_level)
@@ -131,7 +143,7 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
         sys.stdout.flush()
 
     try:
-        trio.run(lambda: run_peer(resolved, overrides, on_ready=ready))
+        trio.run(lambda: run_peer(Home(resolved), overrides, on_ready=ready))
     except UserError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -148,10 +160,9 @@ def start(home: Path | None, log_level: str, **flags: Any) -> None:
 def status(home: Path | None, as_json: bool, watch: bool, interval: float) -> None:
     """Show the running peer's convergence: accuracy, loss, consensus distance, exchanges."""
     from gossiplearn.cli.render import render_status
-    from gossiplearn.peer.home.config import resolve_home
     from gossiplearn.peer.status import fetch_status
 
-    resolved = resolve_home(home)
+    resolved = _home(home)
 
     def fetch() -> dict[str, Any]:
         return trio.run(fetch_status, resolved)
@@ -273,11 +284,10 @@ def task_init(  # noqa: PLR0917 - click passes each option
 
 
 def _open_model(home: Path | None, contract: Path | None) -> Any:
-    from gossiplearn.peer.home.config import resolve_home
     from gossiplearn.peer.usage import open_model
 
     overrides = {"task.contract": str(contract.expanduser().resolve())} if contract else {}
-    return trio.run(open_model, resolve_home(home), overrides)
+    return trio.run(open_model, _home(home), overrides)
 
 
 CONTRACT_HELP = "Task contract to read the data with (default: the home's [task] contract)."
@@ -408,11 +418,8 @@ def members() -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
 def members_add(peer_id: str, name: str, home: Path | None) -> None:
     """Admit PEER_ID (printed by its `gossiplearn init`) under a display NAME."""
-    from gossiplearn.peer.home.config import resolve_home
-    from gossiplearn.peer.home.members import add_member
-
     try:
-        new = add_member(resolve_home(home), peer_id, name)
+        new = _home(home).add_member(peer_id, name)
     except UserError as exc:
         _fail(exc)
         return
@@ -424,11 +431,8 @@ def members_add(peer_id: str, name: str, home: Path | None) -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), help=HOME_HELP)
 def members_remove(who: str, home: Path | None) -> None:
     """Remove a member, by peer ID or by name (a running peer disconnects it)."""
-    from gossiplearn.peer.home.config import resolve_home
-    from gossiplearn.peer.home.members import remove_member
-
     try:
-        peer_id = remove_member(resolve_home(home), who)
+        peer_id = _home(home).remove_member(who)
     except UserError as exc:
         _fail(exc)
         return
@@ -440,11 +444,8 @@ def members_remove(who: str, home: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object peer ID → name.")
 def members_list(home: Path | None, as_json: bool) -> None:
     """List the members; an empty list admits every holder of the consortium key."""
-    from gossiplearn.peer.home.config import resolve_home
-    from gossiplearn.peer.home.members import list_members
-
     try:
-        listed = list_members(resolve_home(home))
+        listed = _home(home).members()
     except UserError as exc:
         _fail(exc)
         return

@@ -40,8 +40,7 @@ from gossiplearn.demo.baselines import (
 )
 from gossiplearn.errors import UserError
 from gossiplearn.peer.home.config import TrainingConfig
-from gossiplearn.peer.home.home import init_home
-from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.home.home import Home, init_home
 from gossiplearn.peer.status import fetch_status
 from gossiplearn.tasks.base import TaskOptions
 from gossiplearn.tasks.partition import parse_partition
@@ -141,7 +140,7 @@ def _check_alive(peers: list[PeerProcess]) -> None:
 
 def _status(home: Path) -> dict[str, Any] | None:
     try:
-        return trio.run(fetch_status, home)
+        return trio.run(fetch_status, Home(home))
     except UserError:
         return None
 
@@ -297,7 +296,7 @@ def _summarise(
     gossip, local, steps = [], [], []
     for p in peers:
         task = shard_task(options, p.index)
-        acc, n = saved_model_accuracy(p.home / MODEL_FILE_NAME, task, config)
+        acc, n = saved_model_accuracy(Home(p.home).model_file, task, config)
         gossip.append(acc)
         steps.append(n)
         local.append(local_only_accuracy(task, config, n, seed=s.seed + p.index))

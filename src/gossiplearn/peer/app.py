@@ -1,10 +1,11 @@
-"""Wiring for ``gossiplearn init`` and ``gossiplearn start``: home, identity, task, host, node.
+"""Wiring for ``gossiplearn start``: home, identity, task, host, node.
 
 ``run_peer`` owns the peer's whole lifetime: it takes the home's lock (one peer per home), builds
 the task and the libp2p host, resumes from the newest checkpoint, runs the node, the status
 endpoint, the periodic checkpoints and the address book (``peers.json``, loaded at start so known
 peers are redialled), and on SIGINT/SIGTERM stops gossip gracefully (the exchange in flight may
-finish) and saves the address book, the model and a last checkpoint before returning.
+finish) and saves the address book, the model and a last checkpoint before returning. Every file
+and path in the home is the ``Home``'s to name (``peer/home/home.py``).
 """
 
 from __future__ import annotations
@@ -13,30 +14,16 @@ import hashlib
 import logging
 import signal
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import trio
 
-from gossiplearn.crypto.consortium import ConsortiumKey
-from gossiplearn.crypto.consortium import load_key_file as load_consortium_key
-from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, load_key_file
+from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import UserError
-from gossiplearn.peer.home.addressbook import (
-    ADDRESS_BOOK_FILE_NAME,
-    keep_address_book,
-    load_address_book,
-    save_if_changed,
-)
-from gossiplearn.peer.home.config import (
-    CONFIG_FILE_NAME,
-    PeerConfig,
-    load_config_file,
-    with_overrides,
-)
-from gossiplearn.peer.home.files import write_atomic
-from gossiplearn.peer.home.home import home_lock
+from gossiplearn.peer.home.addressbook import keep_address_book, save_if_changed
+from gossiplearn.peer.home.config import PeerConfig
+from gossiplearn.peer.home.home import Home
 from gossiplearn.peer.home.modelfile import model_file_bytes
 from gossiplearn.peer.home.resume import (
     Checkpointer,
@@ -61,30 +48,18 @@ STOP_GRACE = 10.0  # seconds an exchange in flight may take to finish at shutdow
 MEMBERS_POLL = 2.0  # seconds between checks of peer.toml for a changed member list
 
 
-def load_peer_config(home: Path, overrides: Mapping[str, Any]) -> PeerConfig:
-    return with_overrides(load_config_file(home / CONFIG_FILE_NAME), overrides)
-
-
-def consortium_key(home: Path, config: PeerConfig) -> ConsortiumKey | None:
-    """The configured consortium key (a path relative to the home), or None."""
-    if not config.security.consortium_key:
-        return None
-    return load_consortium_key(home / Path(config.security.consortium_key).expanduser())
-
-
-async def watch_members(home: Path, node: Node) -> None:
+async def watch_members(home: Home, node: Node) -> None:
     """Adopt edits of ``[members]`` in peer.toml (``gossiplearn members add|remove``) while
     running. A file that does not load is reported and the current list kept."""
-    path = home / CONFIG_FILE_NAME
-    seen = _mtime(path)
+    seen = home.config_version()
     while True:
         await trio.sleep(MEMBERS_POLL)
-        mtime = _mtime(path)
-        if mtime == seen:
+        version = home.config_version()
+        if version == seen:
             continue
-        seen = mtime
+        seen = version
         try:
-            members = load_config_file(path).members
+            members = home.members()
         except UserError as exc:
             log.warning("member list not reloaded: %s", exc)
             continue
@@ -93,33 +68,12 @@ async def watch_members(home: Path, node: Node) -> None:
             await node.update_members(members)
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
-
-
-PATH_PARAMS = ("contract", "data")  # [task] keys holding files: relative to the home
-CONTRACT_COPY = "contract.toml"  # the running task's contract, kept beside its model
-
-
-def contract_path(config: PeerConfig, home: Path) -> Path | None:
-    """The configured contract file (relative to the home), or None."""
-    value = config.task.params.get("contract")
-    return home / Path(value).expanduser() if isinstance(value, str) and value else None
-
-
-def keep_contract_copy(config: PeerConfig, home: Path) -> None:
-    """Copy the contract the peer trains under into the home (``contract.toml``), so that
-    ``evaluate``, ``predict`` and ``export`` find it beside the saved model."""
-    source = contract_path(config, home)
-    target = home / CONTRACT_COPY
-    if source is None or source.resolve() == target.resolve():
-        return
-    data = source.read_bytes()
-    if not target.exists() or target.read_bytes() != data:
-        write_atomic(target, data)
+def check_addresses(config: PeerConfig) -> None:
+    """Refuse an address we cannot use (``net.addresses``) before anything is built."""
+    for addr in config.network.listen:
+        parse_address(addr)
+    for addr in config.network.bootstrap:
+        parse_address(addr, need_peer_id=True)
 
 
 def task_name(config: PeerConfig) -> str:
@@ -132,21 +86,18 @@ def task_name(config: PeerConfig) -> str:
     return t.name or "digits"
 
 
-def build_task(config: PeerConfig, home: Path, *, need_data: bool = True) -> Task:
-    """The configured task. ``need_data`` False: only what using a saved model needs (a
-    tabular task then reads its contract, not the member's data)."""
+def build_task(config: PeerConfig, home: Home, *, need_data: bool = True) -> Task:
+    """The configured task (its files found from ``home``). ``need_data`` False: only what
+    using a saved model needs (a tabular task then reads its contract, not the member's
+    data)."""
     t = config.task
     parse_partition(t.partition)
-    params = dict(t.params)
-    for key in PATH_PARAMS:
-        if isinstance(params.get(key), str) and params[key]:
-            params[key] = str(home / Path(params[key]).expanduser())  # absolute paths stay
     options = TaskOptions(
         seed=t.seed,
         shard=parse_shard(t.shard),
         partition=t.partition,
         validation_fraction=t.validation_fraction,
-        params=params,
+        params=home.task_params(config),
         need_data=need_data,
     )
     return load_task(task_name(config), options)
@@ -159,7 +110,7 @@ def peer_seed(task_seed: int, identity: Identity) -> int:
 
 
 async def run_peer(
-    home: Path,
+    home: Home,
     overrides: Mapping[str, Any],
     *,
     on_ready: Callable[[Node], None] = lambda node: None,
@@ -168,14 +119,11 @@ async def run_peer(
 
     Raises ``UserError`` for set-up problems (no identity, bad config, home already in use).
     """
-    if not (home / KEY_FILE_NAME).exists():
-        raise UserError(f"{home} has no identity yet; run `gossiplearn init --home {home}` first")
-    with home_lock(home):
-        config = load_peer_config(home, overrides)
-        for addr in config.network.bootstrap:
-            parse_address(addr, need_peer_id=True)
-        identity = load_key_file(home / KEY_FILE_NAME)
-        key = consortium_key(home, config)
+    identity = home.identity()
+    with home.lock():
+        config = home.config(overrides)
+        check_addresses(config)
+        key = home.consortium_key(config)
         if key is None:
             log.warning(
                 "no consortium key: any host that can reach our port may connect "
@@ -190,7 +138,7 @@ async def run_peer(
             )
         torch.set_num_threads(config.training.threads)
         task = build_task(config, home)
-        keep_contract_copy(config, home)
+        home.keep_contract(config)
         trainer = Trainer(task, config.training, seed=peer_seed(config.task.seed, identity))
         resumed = resume(trainer, home)
         checkpointer = Checkpointer(
@@ -225,9 +173,7 @@ async def run_peer(
                     await nursery.start(node.run)
                     nursery.start_soon(watch_members, home, node)
                     nursery.start_soon(checkpointer.run, node)
-                    nursery.start_soon(
-                        keep_address_book, home / ADDRESS_BOOK_FILE_NAME, node.view.entries
-                    )
+                    nursery.start_soon(keep_address_book, home.address_book, node.view.entries)
                     on_ready(node)
                     await _wait_for_signal(node)
                     nursery.cancel_scope.cancel()
@@ -237,11 +183,11 @@ async def run_peer(
                     await _save_at_shutdown(home, trainer, checkpointer, node)
 
 
-async def load_known_peers(home: Path, node: Node) -> int:
+async def load_known_peers(home: Home, node: Node) -> int:
     """Put the peers saved in the home's address book into ``node``'s view (only admissible
     ones: members, not banned; never ourselves), so a restarted peer redials them even when
     its bootstrap addresses are gone. Returns how many were added."""
-    records = await trio.to_thread.run_sync(load_address_book, home / ADDRESS_BOOK_FILE_NAME)
+    records = await trio.to_thread.run_sync(home.known_peers)
     now = trio.current_time()
     added = sum(
         node.view.learn(r, now, authoritative=False)
@@ -273,11 +219,11 @@ async def _model_file(trainer: Trainer) -> bytes:
 
 
 async def _save_at_shutdown(
-    home: Path, trainer: Trainer, checkpointer: Checkpointer, node: Node
+    home: Home, trainer: Trainer, checkpointer: Checkpointer, node: Node
 ) -> None:
     """Write the address book, model.glm and a last checkpoint; a write that fails is reported,
     not raised (the last periodic checkpoint is still there)."""
-    await save_if_changed(home / ADDRESS_BOOK_FILE_NAME, node.view.entries())
+    await save_if_changed(home.address_book, node.view.entries())
     try:
         await trio.to_thread.run_sync(save_model_file, trainer, home)
         await checkpointer.save(node)

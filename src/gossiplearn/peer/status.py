@@ -1,9 +1,9 @@
 """The local endpoints: Unix sockets in the peer's home, usable by its owner only.
 
-``status.sock``: a client connects and reads one JSON object (the node's ``status()``) until
-EOF. ``model.sock``: the same, with the running model as model file bytes (``peer.modelfile``),
-a snapshot that leaves training undisturbed. Nothing is read from the client. The sockets never
-listen on a network interface.
+``status.sock`` (``Home.status_socket``): a client connects and reads one JSON object (the
+node's ``status()``) until EOF. ``model.sock`` (``Home.model_socket``): the same, with the running
+model as model file bytes (``home/modelfile.py``), a snapshot that leaves training undisturbed.
+Nothing is read from the client. The sockets never listen on a network interface.
 """
 
 from __future__ import annotations
@@ -20,19 +20,14 @@ from typing import Any
 import trio
 
 from gossiplearn.errors import UserError
+from gossiplearn.peer.home.home import Home
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "status.sock"
-MODEL_SOCKET_NAME = "model.sock"
 MAX_STATUS_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107
 SERVE_TIMEOUT = 60.0  # seconds a client may take to read an answer
 MODEL_TIMEOUT = 60.0  # seconds to fetch the running model (a snapshot, then its bytes)
-
-
-def socket_path(home: Path, name: str = SOCKET_NAME) -> Path:
-    return home / name
 
 
 def _check_length(path: Path) -> None:
@@ -44,28 +39,29 @@ def _check_length(path: Path) -> None:
 
 
 async def serve_status(
-    home: Path,
+    home: Home,
     snapshot: Callable[[], dict[str, Any]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``snapshot()`` as JSON on ``home/status.sock`` until cancelled; removes the socket."""
+    """Serve ``snapshot()`` as JSON on the home's ``status.sock`` until cancelled; removes the
+    socket."""
 
     async def payload() -> bytes:
         return json.dumps(snapshot()).encode()
 
-    await _serve(home / SOCKET_NAME, payload, task_status=task_status)
+    await _serve(home.status_socket, payload, task_status=task_status)
 
 
 async def serve_model(
-    home: Path,
+    home: Home,
     model_file: Callable[[], Awaitable[bytes]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the running model (model file bytes, ``peer.modelfile``) on ``home/model.sock``
+    """Serve the running model (model file bytes, ``peer.modelfile``) on the home's ``model.sock``
     until cancelled: ``gossiplearn evaluate``, ``predict`` and ``export`` read it there."""
-    await _serve(home / MODEL_SOCKET_NAME, model_file, task_status=task_status)
+    await _serve(home.model_socket, model_file, task_status=task_status)
 
 
 async def _serve(
@@ -107,10 +103,10 @@ async def _serve(
 STATUS_TIMEOUT = 5.0  # seconds
 
 
-async def fetch_status(home: Path) -> dict[str, Any]:
+async def fetch_status(home: Home) -> dict[str, Any]:
     """Read the running peer's status. ``UserError`` (one clear line) if no peer answers
     within ``STATUS_TIMEOUT``."""
-    data = await _fetch(home, SOCKET_NAME, STATUS_TIMEOUT, MAX_STATUS_BYTES)
+    data = await _fetch(home, home.status_socket, STATUS_TIMEOUT, MAX_STATUS_BYTES)
     try:
         status = json.loads(data)
     except ValueError:
@@ -120,12 +116,12 @@ async def fetch_status(home: Path) -> dict[str, Any]:
     return status
 
 
-async def fetch_model(home: Path) -> bytes | None:
+async def fetch_model(home: Home) -> bytes | None:
     """The running peer's model file bytes, or None when no peer runs in ``home``."""
-    if not socket_path(home, MODEL_SOCKET_NAME).exists():
+    if not home.model_socket.exists():
         return None
     try:
-        return await _fetch(home, MODEL_SOCKET_NAME, MODEL_TIMEOUT, 1 << 40)
+        return await _fetch(home, home.model_socket, MODEL_TIMEOUT, 1 << 40)
     except NoPeer:
         return None
 
@@ -134,13 +130,12 @@ class NoPeer(UserError):
     """No peer answers on the home's socket."""
 
 
-async def _fetch(home: Path, name: str, deadline: float, limit: int) -> bytes:
-    path = socket_path(home, name)
+async def _fetch(home: Home, path: Path, deadline: float, limit: int) -> bytes:
     _check_length(path)
     no_peer = NoPeer(
         f"no peer is running in {home} (start one with `gossiplearn start --home {home}`)"
     )
-    if not path.exists():
+    if not path.exists():  # noqa: ASYNC240 - a local stat, before connecting
         raise no_peer
     chunks: list[bytes] = []
     try:

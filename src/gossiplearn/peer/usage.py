@@ -27,9 +27,10 @@ from torch import nn
 
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, short_digest, specs_of
-from gossiplearn.peer.app import CONTRACT_COPY, build_task, contract_path, load_peer_config
+from gossiplearn.peer.app import build_task
 from gossiplearn.peer.home.config import with_overrides
-from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model, parse_model_file
+from gossiplearn.peer.home.home import Home
+from gossiplearn.peer.home.modelfile import parse_model_file
 from gossiplearn.peer.status import fetch_model
 from gossiplearn.tasks.base import Records, Task, task_identity
 from gossiplearn.tasks.contract import identity_digest
@@ -45,13 +46,13 @@ class UsableModel:
     source: str  # "the running peer in HOME" or the model file's path
 
 
-async def open_model(home: Path, overrides: Mapping[str, Any] | None = None) -> UsableModel:
+async def open_model(home: Home, overrides: Mapping[str, Any] | None = None) -> UsableModel:
     """The model of the peer in ``home``: running (latest), else saved. ``UserError`` if there
     is none, or if it does not belong to the configured task."""
-    config = load_peer_config(home, overrides or {})
-    copy = home / CONTRACT_COPY
+    config = home.config(overrides)
+    copy = home.contract_copy
     if (
-        contract_path(config, home) is None
+        home.contract(config) is None
         and config.task.name in ("", "digits", "tabular")
         and copy.exists()
     ):
@@ -63,14 +64,14 @@ async def open_model(home: Path, overrides: Mapping[str, Any] | None = None) -> 
         offer = parse_model_file(data, f"the model of the peer running in {home}")
         source = f"the running peer in {home}"
     else:
-        path = home / MODEL_FILE_NAME
-        if not path.exists():
+        saved = home.saved_model()
+        if saved is None:
             raise UserError(
-                f"no model in {home}: no peer is running there and it holds no {MODEL_FILE_NAME} "
-                "(a peer saves it when it stops); start one with `gossiplearn start`"
+                f"no model in {home}: no peer is running there and it holds no "
+                f"{home.model_file.name} (a peer saves it when it stops); start one with "
+                "`gossiplearn start`"
             )
-        offer = load_model(path)
-        source = str(path)
+        offer, source = saved, str(home.model_file)
     model = task.build_model()
     load_offer(task, model, offer, source)
     if task.statistics is not None and offer.stats is not None:

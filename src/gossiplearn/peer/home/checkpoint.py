@@ -39,8 +39,7 @@ import numpy as np
 from gossiplearn.errors import CheckpointError, DecodeError
 from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
-from gossiplearn.peer.home.files import remove_temporaries, write_atomic
-from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
+from gossiplearn.peer.home.files import write_atomic
 from gossiplearn.peer.learning.state import TrainerState
 
 log = logging.getLogger(__name__)
@@ -320,9 +319,3 @@ def _set_aside(path: Path) -> None:
         log.warning("could not move %s aside: %s", path, exc)
     else:
         log.warning("moved %s to %s", path.name, BAD_NAME)
-
-
-def remove_stale_temporaries(home: Path) -> None:
-    """Delete temporary files left by a writer that was killed (the home lock says we own them)."""
-    for name in (CURRENT_NAME, MODEL_FILE_NAME):
-        remove_temporaries(home / name)

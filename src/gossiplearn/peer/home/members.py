@@ -1,4 +1,5 @@
-"""Editing the ``[members]`` table of a home's peer.toml (``gossiplearn members add|remove``).
+"""Editing the ``[members]`` table of a peer.toml (``gossiplearn members add|remove``; ``Home``
+names the file).
 
 Edits keep the file's comments and layout (tomlkit), are validated like a start-up load (the
 whole file must still load), and replace the file atomically (``files.write_atomic``): a running
@@ -12,19 +13,15 @@ from pathlib import Path
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from gossiplearn.crypto.consortium import Members, check_member
+from gossiplearn.crypto.consortium import check_member
 from gossiplearn.errors import UserError
-from gossiplearn.peer.home.config import CONFIG_FILE_NAME, build_config, load_config_file
+from gossiplearn.peer.home.config import build_config
 from gossiplearn.peer.home.files import write_atomic
 
 
-def list_members(home: Path) -> Members:
-    return load_config_file(home / CONFIG_FILE_NAME).members
-
-
-def add_member(home: Path, peer_id: str, name: str) -> bool:
-    """Add or rename a member. Returns True if the peer was not listed before."""
-    path = home / CONFIG_FILE_NAME
+def add_member(path: Path, peer_id: str, name: str) -> bool:
+    """Add or rename a member in the peer.toml at ``path``. Returns True if the peer was not
+    listed before."""
     peer_id = peer_id.strip()  # pasted from a terminal
     check_member(peer_id, name, str(path))
     doc = _read(path)
@@ -35,9 +32,9 @@ def add_member(home: Path, peer_id: str, name: str) -> bool:
     return new
 
 
-def remove_member(home: Path, who: str) -> str:
-    """Remove a member by peer ID or by name; returns the removed peer ID."""
-    path = home / CONFIG_FILE_NAME
+def remove_member(path: Path, who: str) -> str:
+    """Remove a member, by peer ID or by name, from the peer.toml at ``path``; returns the
+    removed peer ID."""
     doc = _read(path)
     table = _members_table(doc)
     matches = [p for p, n in table.items() if who in (p, str(n))]

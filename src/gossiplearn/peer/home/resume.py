@@ -18,22 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, fingerprint, specs_of
-from gossiplearn.peer.home.checkpoint import (
-    Checkpoint,
-    NodeState,
-    encode_checkpoint,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
-from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model, save_model
+from gossiplearn.peer.home.checkpoint import Checkpoint, NodeState, encode_checkpoint
+from gossiplearn.peer.home.home import Home
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.node.node import Node
 from gossiplearn.peer.node.stats import StatsState
@@ -41,15 +33,14 @@ from gossiplearn.peer.node.stats import StatsState
 log = logging.getLogger(__name__)
 
 
-def resume(trainer: Trainer, home: Path) -> Checkpoint | None:
+def resume(trainer: Trainer, home: Home) -> Checkpoint | None:
     """Restore the newest usable checkpoint of ``home`` into ``trainer`` and return it; else
     load ``model.glm`` if there is a usable one, and return None. Never raises for bad files."""
-    remove_stale_temporaries(home)
 
     def check(cp: Checkpoint) -> str | None:
         return trainer.incompatibility(cp.trainer)
 
-    loaded = load_checkpoint(home, check)
+    loaded = home.load_checkpoint(check)
     if loaded is not None:
         trainer.restore(loaded.checkpoint.trainer)
         log.info(
@@ -59,19 +50,20 @@ def resume(trainer: Trainer, home: Path) -> Checkpoint | None:
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loaded.checkpoint.created)),
         )
         return loaded.checkpoint
-    if not _restore_model_file(trainer, home / MODEL_FILE_NAME):
+    if not _restore_model_file(trainer, home):
         log.info("no usable checkpoint or model in %s: starting from a fresh model", home)
     return None
 
 
-def _restore_model_file(trainer: Trainer, path: Path) -> bool:
+def _restore_model_file(trainer: Trainer, home: Home) -> bool:
     """Load the model (not the optimiser or counters) saved by a peer without checkpoints."""
-    if not path.exists():
-        return False
+    path = home.model_file
     try:
-        saved = load_model(path)
+        saved = home.saved_model()
     except UserError as exc:
         log.warning("%s; not using it", exc)
+        return False
+    if saved is None:
         return False
     ours = fingerprint(trainer.specs())
     if saved.fingerprint != ours or fingerprint(specs_of(saved.tensors)) != ours:
@@ -101,10 +93,10 @@ def model_offer(trainer: Trainer) -> ModelOffer:
     )
 
 
-def save_model_file(trainer: Trainer, home: Path) -> None:
+def save_model_file(trainer: Trainer, home: Home) -> None:
     """Write ``model.glm`` (blocking): the model alone, for the demo, evaluate, predict and
     export."""
-    save_model(home / MODEL_FILE_NAME, model_offer(trainer))
+    home.save_model(model_offer(trainer))
 
 
 def node_state(node: Node) -> NodeState:
@@ -139,7 +131,7 @@ class Checkpointer:
     """Writes checkpoints of one peer to its home; ``status()`` says what was last written."""
 
     def __init__(
-        self, home: Path, trainer: Trainer, interval: float, resumed: Checkpoint | None = None
+        self, home: Home, trainer: Trainer, interval: float, resumed: Checkpoint | None = None
     ) -> None:
         self.home = home
         self.trainer = trainer
@@ -168,7 +160,7 @@ class Checkpointer:
 
     def _write(self, state: NodeState) -> Checkpoint:
         cp = Checkpoint(created=time.time(), trainer=self.trainer.state(), node=state)
-        save_checkpoint(self.home, encode_checkpoint(cp))
+        self.home.save_checkpoint(encode_checkpoint(cp))
         return cp
 
     def status(self) -> dict[str, Any]:
