@@ -191,6 +191,9 @@ class ExchangeDriver:
                 )
                 with trio.fail_after(self.control_timeout):
                     proposal = await framed.receive(CONTROL_LIMITS)
+                if not self.admission.admissible(peer):  # banned while its proposal came
+                    await stream.reset()
+                    return
                 # decide and take the slot with no checkpoint in between
                 busy = self.busy or self.admission.over_fair_share(peer)
                 answer = exchange.receive_propose(proposal, busy=busy, closing=self.closing)
