@@ -21,6 +21,7 @@ import trio
 from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import RemoteProtocolError
 from gossiplearn.gossip.exchange import Refused
+from gossiplearn.gossip.group_rules import GroupRefused
 from gossiplearn.gossip.penalties import BanConfig, Penalties
 from gossiplearn.gossip.sampling import PeerView
 from gossiplearn.peer.home.config import SecurityConfig
@@ -151,19 +152,20 @@ class Admission:
         if self.stats.note_incompatible(peer, detail):
             log.warning("cannot merge with %s: %s", peer, detail)
 
-    async def charge(self, peer: str, exc: RemoteProtocolError, *, exchange: bool = True) -> None:
+    async def charge(self, peer: str, exc: RemoteProtocolError, *, what: str = "model") -> None:
         """``peer`` sent something we refuse: back off from it, log, and count an offence
-        unless the refusal says it was none (``Refused.offence``). ``exchange``: it was a model
-        exchange, counted as refused under its reason (a bad peer list or peers request is
-        not an exchange: only the offence counts it)."""
-        reason = exc.reason if isinstance(exc, Refused) else "malformed"
-        if exchange:
-            if reason == "incompatible" and isinstance(exc, Refused):
-                self.incompatible(peer, f"we refused their model: {exc.detail}")
+        unless the refusal says it was none (``Refused.offence``, ``GroupRefused.offence``).
+        ``what`` we refused: a ``"model"`` in an exchange is counted as refused under its
+        reason; anything else (a peer list, a group round's message) only as the offence."""
+        refusal = exc if isinstance(exc, Refused | GroupRefused) else None
+        reason = refusal.reason if refusal is not None else "malformed"
+        if what == "model":
+            if reason == "incompatible" and refusal is not None:
+                self.incompatible(peer, f"we refused their model: {refusal.detail}")
             self.stats.counters.refuse(reason)
         self.view.failure(peer, trio.current_time())
-        log.warning("refused %s from %s: %s", "model" if exchange else "peer list", peer, exc)
-        if not isinstance(exc, Refused) or exc.offence:
+        log.warning("refused %s from %s: %s", what, peer, exc)
+        if refusal is None or refusal.offence:
             await self.offend(peer, reason)
 
     async def offend(self, peer: str, reason: str) -> None:

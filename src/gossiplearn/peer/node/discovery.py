@@ -122,7 +122,7 @@ class Discovery:
         except RemoteProtocolError as exc:
             if stream is not None:
                 await stream.reset()
-            await self.admission.charge(peer, exc, exchange=False)
+            await self.admission.charge(peer, exc, what="peer list")
             return 0
         finally:
             self.stats.count_bytes(framed)
@@ -161,6 +161,6 @@ class Discovery:
             await self.admission.offend(stream.remote_peer, "timeout")
         except RemoteProtocolError as exc:
             await stream.reset()
-            await self.admission.charge(stream.remote_peer, exc, exchange=False)
+            await self.admission.charge(stream.remote_peer, exc, what="peer list")
         finally:
             self.stats.count_bytes(framed)

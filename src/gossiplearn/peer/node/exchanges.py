@@ -3,10 +3,13 @@ for the pure state machines of ``gossip.exchange``, on either side, and hands th
 to the ``ModelMerger``.
 
 Invariants:
-- At most one exchange at a time (the slot, ``busy``): inbound proposals while busy are
-  declined, so each merge is taken against a fresh snapshot and concurrent merges never stack
-  on one stale snapshot (which could overshoot the average); the pairwise deltas of an exchange
-  cancel, and the sample-weighted sum of all models is conserved.
+- At most one exchange at a time (the slot, ``busy``, which group rounds share:
+  ``node/slot.py``): inbound proposals while busy are declined, so each merge is taken against
+  a fresh snapshot and concurrent merges never stack on one stale snapshot (which could
+  overshoot the average); the pairwise deltas of an exchange cancel, and the sample-weighted
+  sum of all models is conserved.
+- Under secure averaging (``pairwise`` False) our model never goes to one peer: we start no
+  exchange and decline every proposal (``incompatible``, unless a truer reason applies).
 - A merge is applied as a delta against the snapshot that was sent (``gossip.merge``), so
   training steps taken during the exchange are kept.
 - Every wait is under a deadline (``node/limits.py``); the model transfer under one counted
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from gossiplearn.errors import RemoteProtocolError, TransportError
+from gossiplearn.errors import LocalProtocolError, RemoteProtocolError, TransportError
 from gossiplearn.gossip import aggregate, compression
 from gossiplearn.gossip.exchange import (
     InitiatorExchange,
@@ -51,11 +54,13 @@ from gossiplearn.peer.node.limits import (
     transfer_timeout,
 )
 from gossiplearn.peer.node.merging import Applied, ModelMerger
+from gossiplearn.peer.node.slot import ExchangeSlot
 from gossiplearn.peer.node.stats import NodeStats
 
 log = logging.getLogger(__name__)
 
 EXCHANGE_PROTOCOL = "/gossiplearn/exchange/1.0.0"
+GROUPS_ONLY = "this peer averages only in secure groups (privacy.secure_averaging)"
 
 
 class ExchangeDriver:
@@ -85,39 +90,41 @@ class ExchangeDriver:
         self.control_timeout = control_timeout(config)
         self.transfer_timeout = transfer_timeout(config, self.model_limits.max_frame)
         self._residual: dict[str, Any] | None = None  # what lossy encodings lost, float32
-        self.busy = False
-        self.closing = False
-        self._idle = trio.Event()
-        self._idle.set()
+        self.slot = ExchangeSlot()  # shared with the group driver (node/group.py)
+        # False under secure averaging: our model never goes to one peer in the clear, so we
+        # start no pairwise exchange and decline every proposal as incompatible
+        self.pairwise = True
 
     # ---- the slot
 
-    def _take(self) -> None:
-        self.busy = True
-        self._idle = trio.Event()
+    @property
+    def busy(self) -> bool:
+        """An exchange (pairwise or a group round) is in flight."""
+        return self.slot.busy
 
-    def _release(self) -> None:
-        self.busy = False
-        self._idle.set()
+    @property
+    def closing(self) -> bool:
+        return self.slot.closing
 
     async def close(self, grace: float) -> None:
         """Decline new exchanges; wait up to ``grace`` s for the one in flight to finish."""
-        self.closing = True
-        with trio.move_on_after(grace):
-            await self._idle.wait()
+        await self.slot.close(grace)
 
     @property
     def fresh(self) -> bool:
-        """True until our first completed exchange: our model holds nobody's data but ours."""
-        return self.stats.counters.completed == 0
+        """True until our first completed exchange or group round: our model holds nobody's
+        data but ours."""
+        return self.stats.counters.completed == 0 and self.stats.group.completed == 0
 
     # ---- initiator
 
     async def initiate(self, peer: str) -> Outcome:
         """Run one exchange with ``peer``. Never raises for a remote's fault."""
+        if not self.pairwise:
+            raise LocalProtocolError("secure averaging is on: no pairwise exchanges")
         if self.busy or self.closing:
             return Outcome.DECLINED
-        self._take()
+        self.slot.take()
         self.stats.counters.initiated += 1
         entry = self.view.get(peer)
         framed: FramedStream | None = None
@@ -155,7 +162,7 @@ class ExchangeDriver:
             return Outcome.REFUSED
         finally:
             self.stats.count_bytes(framed)
-            self._release()
+            self.slot.release()
         return Outcome.COMPLETED
 
     def _declined(self, peer: str, exchange: InitiatorExchange) -> None:
@@ -195,10 +202,12 @@ class ExchangeDriver:
                     await stream.reset()
                     return
                 # decide and take the slot with no checkpoint in between
-                busy = self.busy or self.admission.over_fair_share(peer)
+                busy = self.busy or self.admission.over_fair_share(peer) or not self.pairwise
                 answer = exchange.receive_propose(proposal, busy=busy, closing=self.closing)
+                if not self.pairwise and isinstance(answer, Decline) and answer.reason == "busy":
+                    answer = Decline("incompatible", GROUPS_ONLY)
                 if isinstance(answer, Accept):
-                    self._take()
+                    self.slot.take()
                     took_slot = True
                 self.view.mark_connected(peer, trio.current_time())
                 await framed.send(answer)
@@ -225,7 +234,7 @@ class ExchangeDriver:
         finally:
             self.stats.count_bytes(framed)
             if took_slot:
-                self._release()
+                self.slot.release()
 
     # ---- both
 

@@ -84,6 +84,24 @@ class ModelMerger:
         clipped = verdict.detail if verdict.action is Action.CLIP else ""
         return Applied(MergeKind.AVERAGE, pull, clipped, verdict.far, why_not)
 
+    async def apply_average(
+        self,
+        snapshot: Mapping[str, np.ndarray],
+        average: Mapping[str, np.ndarray],
+        measures: Measures,
+    ) -> Applied:
+        """Move our model to a secure group's ``average`` (``gossip.group``), as a delta
+        against the ``snapshot`` we contributed, screened as one received model. Raises
+        ``Refused`` (no offence: nobody can tell which member poisoned it) when screening
+        refuses it or it is a far outlier; nothing is applied then. Ages are not exchanged in
+        a group round: ours stays as it is."""
+        verdict = self.screen.assess(measures)
+        if verdict.action is Action.REFUSE or verdict.far:
+            raise Refused(verdict.reason, verdict.detail, offence=False)
+        await self.learner.merge(snapshot, average, verdict.scale)
+        clipped = verdict.detail if verdict.action is Action.CLIP else ""
+        return Applied(MergeKind.AVERAGE, verdict.scale, clipped)
+
     async def _move(
         self,
         snapshot: Mapping[str, np.ndarray],

@@ -38,6 +38,20 @@ class StatsState:
 
 
 @dataclass
+class GroupCounters:
+    """Secure group rounds (docs/protocol.md 16), as leader and as member."""
+
+    led: int = 0  # rounds we started (invites sent)
+    joined: int = 0  # invites we joined
+    completed: int = 0  # rounds whose average we merged, in either role
+    declined_inbound: int = 0  # invites we declined (busy, closing, incompatible)
+    clipped: int = 0  # merged, but screening capped the average's pull
+    last_size: int | None = None  # members of the last completed round, us included
+    skipped: dict[str, int] = field(default_factory=dict)  # rounds not started, by reason
+    abandoned: dict[str, int] = field(default_factory=dict)  # rounds ended unmerged, by reason
+
+
+@dataclass
 class NodeStats:
     """Counters, traffic and histories of one node. Times are unix seconds."""
 
@@ -54,6 +68,7 @@ class NodeStats:
     streams_refused: dict[str, int] = field(default_factory=dict)  # by reason
     offences: dict[str, int] = field(default_factory=dict)  # by reason
     incompatible: dict[str, str] = field(default_factory=dict)  # peer → why (latest)
+    group: GroupCounters = field(default_factory=GroupCounters)  # not checkpointed (yet)
 
     @staticmethod
     def bump(table: dict[str, int], reason: str) -> None:
@@ -87,6 +102,14 @@ class NodeStats:
         n.exchanges += 1
         n.consensus_distance = distance
         if consensus and math.isfinite(distance):
+            self.consensus.append((now, distance))
+
+    def record_group(self, size: int, distance: float, now: float) -> None:
+        """Count a merged group round of ``size`` members at unix time ``now``; ``distance``
+        (ours to the average, relative) joins the consensus history."""
+        self.group.completed += 1
+        self.group.last_size = size
+        if math.isfinite(distance):
             self.consensus.append((now, distance))
 
     def state(self) -> StatsState:
