@@ -2,13 +2,15 @@
 
 The node is the trio shell around the pure core (``gossiplearn.gossip``). It runs four loops
 under one nursery — discovery (``node/discovery.py``), gossip (picks a random neighbour and
-starts an exchange, ``node/exchanges.py``), local training and evaluation (through the
-``Learner``) — and hands the transport its admission gate (``node/admission.py``) and its two
+starts an exchange, ``node/exchanges.py``; under secure averaging, leads a group round of
+random neighbours instead, ``node/group.py``), local training and evaluation (through the
+``Learner``) — and hands the transport its admission gate (``node/admission.py``) and its
 protocol handlers. What it counts lives in one ``NodeStats`` value (``node/stats.py``), which
 the report and the checkpoints read.
 
 Invariants (each kept by the part named):
-- One exchange at a time; merges are deltas against the snapshot sent (exchanges).
+- One exchange at a time, pairwise or in a group (the slot, ``node/slot.py``); merges are
+  deltas against the snapshot sent (exchanges, group).
 - Nothing a remote sends escapes a handler: remote faults are counted, charged as offences,
   and the stream reset (exchanges, discovery, admission).
 - Banned peers and non-members are refused before any stream opens; inbound streams are
@@ -28,6 +30,7 @@ from typing import Any
 import trio
 
 from gossiplearn.crypto.consortium import Members
+from gossiplearn.crypto.identity import Identity
 from gossiplearn.gossip.exchange import LocalModel, Outcome
 from gossiplearn.gossip.sampling import PeerView
 from gossiplearn.gossip.screening import Screen, ScreeningConfig
@@ -38,13 +41,14 @@ from gossiplearn.peer.node.admission import Admission
 from gossiplearn.peer.node.config import NodeConfig
 from gossiplearn.peer.node.discovery import PEERS_PROTOCOL, Discovery
 from gossiplearn.peer.node.exchanges import EXCHANGE_PROTOCOL, ExchangeDriver
+from gossiplearn.peer.node.group import GROUP_PROTOCOL, GroupDriver
 from gossiplearn.peer.node.merging import ModelMerger
 from gossiplearn.peer.node.report import node_status
 from gossiplearn.peer.node.stats import NodeStats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXCHANGE_PROTOCOL", "PEERS_PROTOCOL", "Node", "NodeConfig"]
+__all__ = ["EXCHANGE_PROTOCOL", "GROUP_PROTOCOL", "PEERS_PROTOCOL", "Node", "NodeConfig"]
 
 
 class Node:
@@ -55,7 +59,11 @@ class Node:
         config: NodeConfig,
         *,
         rng: random.Random | None = None,
+        identity: Identity | None = None,
     ) -> None:
+        """``identity``: the node's own (the transport's peer ID), which signs its keys in
+        secure group rounds; without it the node neither leads nor answers them. Raises
+        ``UserError`` when secure averaging is on for a task that cannot use it."""
         self.transport = transport
         self.learner = learner
         self.config = config
@@ -72,6 +80,8 @@ class Node:
         self.exchanges = ExchangeDriver(
             transport, learner, self.merger, self.admission, config.gossip
         )
+        self.groups = GroupDriver(self.exchanges, config.group, identity, rng=self.rng)
+        self.exchanges.pairwise = not config.group.enabled  # our model goes to groups only
         self.discovery = Discovery(
             transport, self.admission, config.gossip, bootstrap=config.bootstrap, rng=self.rng
         )
@@ -84,6 +94,8 @@ class Node:
         self.transport.set_gate(self.admission.gate)
         self.transport.set_handler(EXCHANGE_PROTOCOL, self.exchanges.on_stream)
         self.transport.set_handler(PEERS_PROTOCOL, self.discovery.on_stream)
+        if self.groups.member is not None:
+            self.transport.set_handler(GROUP_PROTOCOL, self.groups.on_stream)
         with trio.CancelScope() as scope:
             self._cancel = scope
             async with trio.open_nursery() as nursery:
@@ -189,6 +201,9 @@ class Node:
         while True:
             await trio.sleep(cfg.interval * self.rng.uniform(0.5, 1.5))
             if self.exchanges.closing:
+                continue
+            if self.config.group.enabled:  # never a pairwise exchange instead (its model leaks)
+                await self.groups.lead()
                 continue
             tried: list[str] = []
             for _ in range(cfg.attempts):

@@ -99,6 +99,7 @@ def node_status(node: Reported, now_mono: float) -> dict[str, Any]:
             "clipped": c.clipped,
             "adopted": c.adopted,
             "seeded": c.seeded,
+            "group": group_status(node),
         },
         "security": security_status(node, now_mono),
         "training": {
@@ -136,6 +137,26 @@ def node_status(node: Reported, now_mono: float) -> dict[str, Any]:
         "bytes_sent": st.bytes_sent,
         "bytes_received": st.bytes_received,
         "compression": node.config.gossip.compression,
+    }
+
+
+def group_status(node: Reported) -> dict[str, Any]:
+    """Secure group rounds (``status --json`` → ``exchanges.group``): ``enabled`` and ``size``
+    (``privacy.secure_averaging``, ``privacy.group_size``), rounds ``led``, ``joined`` and
+    ``completed`` (merged, either role), ``declined_inbound``, ``clipped``, ``last_size``, and
+    ``skipped`` / ``abandoned`` by reason."""
+    g = node.stats.group
+    return {
+        "enabled": node.config.group.enabled,
+        "size": node.config.group.size,
+        "led": g.led,
+        "joined": g.joined,
+        "completed": g.completed,
+        "declined_inbound": g.declined_inbound,
+        "clipped": g.clipped,
+        "last_size": g.last_size,
+        "skipped": dict(g.skipped),
+        "abandoned": dict(g.abandoned),
     }
 
 
