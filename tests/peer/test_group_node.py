@@ -550,3 +550,32 @@ async def test_secure_averaging_is_refused_for_a_task_with_statistics(
         assert isinstance(decline, GroupDecline)
         assert (decline.reason, lead.round_id) == ("incompatible", decline.round_id)
         assert "consortium statistics" in decline.detail
+
+
+# ------------------------------------------------------------------------------ the gossip loop
+
+
+async def test_gossip_under_secure_averaging_reaches_the_weighted_mean(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gossip = GossipConfig(interval=1.0, exchange_timeout=30.0, discovery_interval=5.0)
+    async with network(latency=0.01) as net:
+        nodes = []
+        for i in range(6):  # every node finds the others through the first one
+            boot = () if i == 0 else (f"/memory/{IDS[0].peer_id}/p2p/{IDS[0].peer_id}",)
+            config = NodeConfig(
+                gossip=gossip, training=NO_TRAINING, group=GroupSettings(True, 3), bootstrap=boot
+            )
+            transport = net.network.transport(IDS[i].peer_id)
+            learner = VectorLearner(model(i / 10), 10 * (i + 1))
+            node = Node(transport, learner, config, rng=random.Random(i), identity=IDS[i])
+            await net.nursery.start(transport.run)
+            await net.nursery.start(node.run)
+            nodes.append(node)
+        expected = weighted_mean([(n.learner.samples, dict(tensors_of(n))) for n in nodes])
+        await trio.sleep(20.0)
+        for node in nodes:
+            assert_models(node, expected, atol=1e-6)
+            assert node.stats.counters.completed == 0  # not one pairwise exchange
+            assert not offences(node)
+        assert sum(group_of(n)["led"] for n in nodes) > 10
