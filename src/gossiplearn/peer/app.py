@@ -76,6 +76,15 @@ def check_addresses(config: PeerConfig) -> None:
         parse_address(addr, need_peer_id=True)
 
 
+def check_available(config: PeerConfig) -> None:
+    """Refuse a setting declared for a feature this version does not have yet."""
+    if config.privacy.secure_averaging:
+        raise UserError(
+            "secure averaging is not available yet in this version: set "
+            "privacy.secure_averaging = false in peer.toml (or start with --no-secure-averaging)"
+        )
+
+
 def task_name(config: PeerConfig) -> str:
     """``task.name``; with a contract, ``digits`` or empty means ``tabular`` (the digits task
     has no contract file, and peer.toml templates before contracts said ``digits``); without
@@ -123,6 +132,7 @@ async def run_peer(
     with home.lock():
         config = home.config(overrides)
         check_addresses(config)
+        check_available(config)
         key = home.consortium_key(config)
         if key is None:
             log.warning(

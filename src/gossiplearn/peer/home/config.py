@@ -1,10 +1,11 @@
 """Peer configuration: the peer's home, ``peer.toml``, and command-line overrides.
 
-Each setting is declared once, below, as a field of its section's dataclass (``setting(...)``:
-default, check, help, flag; see ``settings.py``). The checks, the default peer.toml
-(``DEFAULT_CONFIG_TEXT``), the ``start`` command's flags and README.md's configuration table
-are all made from these declarations. To add a setting, add a field; to add a section, add a
-dataclass of such fields and a field of ``PeerConfig`` named as the section.
+Each setting is declared once, below (``[privacy]`` in ``privacy.py``), as a field of its
+section's dataclass (``setting(...)``: default, check, help, flag; see ``settings.py``). The
+checks, the default peer.toml (``DEFAULT_CONFIG_TEXT``), the ``start`` command's flags and
+README.md's configuration table are all made from these declarations. To add a setting, add a
+field; to add a section, add a dataclass of such fields and a field of ``PeerConfig`` named as
+the section.
 
 Precedence: command-line flag > peer.toml > declared default. Every declared key with a flag can
 be given as that flag; ``[members]`` has its own commands, and ``[task]``'s undeclared keys
@@ -28,6 +29,7 @@ import platformdirs
 
 from gossiplearn.crypto.consortium import Members
 from gossiplearn.errors import UserError
+from gossiplearn.peer.home.privacy import PrivacyConfig, check_privacy
 from gossiplearn.peer.home.settings import (
     NonEmpty,
     OneOf,
@@ -267,6 +269,7 @@ class PeerConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # declared in privacy.py
     members: Members = field(default_factory=Members)  # not settings: Members.parse checks it
 
 
@@ -351,6 +354,7 @@ def check_combined(cfg: PeerConfig) -> PeerConfig:
             "training.lr_schedule = 'cosine' decays the learning rate to 0 at "
             "training.max_steps: set max_steps (--max-steps N) too"
         )
+    check_privacy(cfg.privacy, cfg.training.max_steps)
     return cfg
 
 
