@@ -92,6 +92,8 @@ def render_status(s: dict[str, Any]) -> Group:
         + (f"; model age {t['model_age']:.0f} examples" if t.get("model_age") is not None else "")
         + ("" if t.get("enabled", True) else " (training off: averaging only)"),
     )
+    if s.get("privacy"):
+        head.add_row("privacy", _privacy_row(s["privacy"]))
     e = s["exchanges"]
     refused = ", ".join(f"{k} {v}" for k, v in sorted(e.get("refused_by_reason", {}).items()))
     head.add_row(
@@ -159,6 +161,24 @@ def _statistics_row(stats: dict[str, Any]) -> str:
     if target:
         text += f"; target {target['mean']:.4g}±{target['std']:.3g}"
     return text
+
+
+def _privacy_row(p: dict[str, Any]) -> str:
+    """Differential privacy in one line: ε spent of the budget, and the mechanism."""
+    eps = p.get("epsilon")
+    if not p.get("dp"):
+        if not p.get("steps") or eps is None:
+            return "off (no differential privacy)"
+        since = p.get("plain_steps")
+        return f"off; ε = {eps:.3g} was spent while it was on" + (
+            f", {since} steps trained since without it" if since else ""
+        )
+    text = (
+        f"DP-SGD, ε = {_num(eps, '.3g')} of {p['target_epsilon']:g} spent "
+        f"(δ = {p['delta']:.2g}, {p['accountant']}); noise σ = {p['noise_multiplier']:.3g}, "
+        f"clipping C = {p['max_grad_norm']:g}"
+    )
+    return text + ("; [yellow]budget spent: training stopped[/]" if p.get("budget_spent") else "")
 
 
 def render_evaluation(r: dict[str, Any]) -> Group:

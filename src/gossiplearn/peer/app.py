@@ -149,7 +149,13 @@ async def run_peer(
         torch.set_num_threads(config.training.threads)
         task = build_task(config, home)
         home.keep_contract(config)
-        trainer = Trainer(task, config.training, seed=peer_seed(config.task.seed, identity))
+        trainer = Trainer(
+            task,
+            config.training,
+            seed=peer_seed(config.task.seed, identity),
+            privacy=config.privacy,
+            save_ledger=home.save_privacy_ledger,
+        )
         resumed = resume(trainer, home)
         checkpointer = Checkpointer(
             home, trainer, config.training.checkpoint_interval, resumed=resumed
@@ -231,12 +237,14 @@ async def _model_file(trainer: Trainer) -> bytes:
 async def _save_at_shutdown(
     home: Home, trainer: Trainer, checkpointer: Checkpointer, node: Node
 ) -> None:
-    """Write the address book, model.glm and a last checkpoint; a write that fails is reported,
-    not raised (the last periodic checkpoint is still there)."""
+    """Write the address book, model.glm, a last checkpoint and the exact privacy ledger (the
+    node has stopped: no step is taken after them); a write that fails is reported, not raised
+    (the last periodic checkpoint is still there, the ledger file counts the steps ahead)."""
     await save_if_changed(home.address_book, node.view.entries())
     try:
         await trio.to_thread.run_sync(save_model_file, trainer, home)
         await checkpointer.save(node)
+        await trio.to_thread.run_sync(trainer.settle_privacy)
     except OSError as exc:
         log.error("could not save the model or the checkpoint in %s: %s", home, exc)
         return

@@ -24,6 +24,7 @@ from gossiplearn.gossip.merge import apply_merge
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, specs_of
 from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingConfig
 from gossiplearn.peer.learning.learner import Learner, TrainerLearner
+from gossiplearn.peer.learning.private import NOT_PRIVATE, PrivacyReport
 from gossiplearn.peer.net.transport import MemoryNetwork
 from gossiplearn.peer.node.node import Node, NodeConfig
 
@@ -103,6 +104,9 @@ class VectorLearner:
 
     def statistics(self) -> np.ndarray | None:
         return None if self.stats is None else self.stats.copy()
+
+    def privacy(self) -> PrivacyReport:
+        return NOT_PRIVATE
 
     async def rebase(
         self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray

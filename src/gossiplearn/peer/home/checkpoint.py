@@ -6,7 +6,9 @@ File layout (all integers big-endian)::
 
 The body is a msgpack map (never pickle): model tensors and SGD momentum buffers are encoded
 as the wire codec encodes tensors (name, dtype, shape, little-endian bytes); the batch-order
-generator state and permutation as raw bytes; counters, bytes and histories as plain values.
+generator state and permutation as raw bytes; counters, bytes and histories as plain values;
+the privacy ledger as ``Ledger.to_state`` gives it, with the count of steps trained without
+differential privacy (both absent in checkpoints written before privacy).
 
 Invariants:
 - ``decode_checkpoint`` raises ``CheckpointError`` and nothing else, whatever the bytes: a
@@ -36,6 +38,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from gossiplearn.crypto.privacy import Ledger
 from gossiplearn.errors import CheckpointError, DecodeError
 from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
 from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
@@ -108,6 +111,8 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
                 if t.local_stats is not None
                 else {}
             ),
+            **({"ledger": Ledger(t.ledger).to_state()} if t.ledger is not None else {}),
+            **({"plain_steps": t.plain_steps} if t.plain_steps is not None else {}),
         },
         use_bin_type=True,
     )
@@ -167,6 +172,8 @@ def _decode_body(raw: Any, size: int) -> Checkpoint:
         task=raw.get("task", b"") if isinstance(raw.get("task", b""), bytes) else _bad("task"),
         stats=_vector(raw, "stats", limits),
         local_stats=_vector(raw, "local_stats", limits),
+        ledger=Ledger.from_state(_get(raw, "ledger", dict)).history if "ledger" in raw else None,
+        plain_steps=_count(raw, "plain_steps") if "plain_steps" in raw else None,
     )
     history = []
     for item in _get(raw, "history", list):

@@ -11,6 +11,8 @@ the folder itself. The layout::
     checkpoint.glc       the newest checkpoint; ``checkpoint.prev.glc`` the one before, and
                          ``checkpoint.bad.glc`` a damaged one set aside (``checkpoint.py``)
     contract.toml        a copy of the contract the peer trains under, for evaluate/predict/export
+    privacy.json         the privacy ledger of a peer that trains with differential privacy,
+                         written ahead of its training steps (``privacy.py``)
     status.sock          the running peer's status endpoint, and ``model.sock`` its model's
                          (``peer/status.py``)
 
@@ -38,6 +40,7 @@ from typing import Any
 from gossiplearn.crypto.consortium import ConsortiumKey, Members
 from gossiplearn.crypto.consortium import load_key_file as load_consortium_key
 from gossiplearn.crypto.identity import KEY_FILE_NAME, Identity, create_key_file, load_key_file
+from gossiplearn.crypto.privacy import Ledger
 from gossiplearn.errors import UserError
 from gossiplearn.gossip.messages import ModelOffer, PeerRecord
 from gossiplearn.peer.home import members as member_file
@@ -59,6 +62,7 @@ from gossiplearn.peer.home.config import (
 )
 from gossiplearn.peer.home.files import remove_temporaries, write_atomic
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME, load_model, save_model
+from gossiplearn.peer.home.privacy import LEDGER_FILE_NAME, load_ledger, save_ledger
 
 LOCK_FILE_NAME = "peer.lock"
 CONTRACT_COPY_NAME = "contract.toml"
@@ -112,6 +116,10 @@ class Home:
         return self.path / CONTRACT_COPY_NAME
 
     @property
+    def privacy_ledger_file(self) -> Path:
+        return self.path / LEDGER_FILE_NAME
+
+    @property
     def status_socket(self) -> Path:
         return self.path / STATUS_SOCKET_NAME
 
@@ -160,6 +168,7 @@ class Home:
                 self.model_file,
                 self.address_book,
                 self.contract_copy,
+                self.privacy_ledger_file,
             ):
                 remove_temporaries(written)
             yield
@@ -255,6 +264,14 @@ class Home:
     def save_checkpoint(self, data: bytes) -> None:
         """Make ``data`` the newest checkpoint, keeping the one before. Blocking; ``OSError``."""
         save_checkpoint(self.path, data)
+
+    def privacy_ledger(self) -> Ledger | None:
+        """The saved privacy ledger, or None. ``UserError`` if the file is unusable."""
+        return load_ledger(self.privacy_ledger_file)
+
+    def save_privacy_ledger(self, ledger: Ledger) -> None:
+        """Write ``privacy.json``. Blocking; raises ``OSError``."""
+        save_ledger(self.privacy_ledger_file, ledger)
 
 
 def init_home(path: Path) -> InitResult:

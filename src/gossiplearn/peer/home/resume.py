@@ -35,12 +35,18 @@ log = logging.getLogger(__name__)
 
 def resume(trainer: Trainer, home: Home) -> Checkpoint | None:
     """Restore the newest usable checkpoint of ``home`` into ``trainer`` and return it; else
-    load ``model.glm`` if there is a usable one, and return None. Never raises for bad files."""
+    load ``model.glm`` if there is a usable one, and return None. Then reconcile the privacy
+    ledger with the home's (``Privacy.begin``).
+
+    Never raises for bad model or checkpoint files. Raises ``UserError`` when the trainer has
+    differential privacy on and the ledger file is unusable (the privacy spent is unknown) or
+    the model resumed was trained without it."""
 
     def check(cp: Checkpoint) -> str | None:
         return trainer.incompatibility(cp.trainer)
 
     loaded = home.load_checkpoint(check)
+    resumed = None
     if loaded is not None:
         trainer.restore(loaded.checkpoint.trainer)
         log.info(
@@ -49,10 +55,18 @@ def resume(trainer: Trainer, home: Home) -> Checkpoint | None:
             loaded.checkpoint.trainer.steps,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loaded.checkpoint.created)),
         )
-        return loaded.checkpoint
-    if not _restore_model_file(trainer, home):
+        resumed = loaded.checkpoint
+    elif not _restore_model_file(trainer, home):
         log.info("no usable checkpoint or model in %s: starting from a fresh model", home)
-    return None
+    try:
+        saved = home.privacy_ledger()
+    except UserError as exc:
+        if trainer.privacy.enabled:
+            raise
+        log.warning("%s", exc)
+        saved = None
+    trainer.privacy.begin(saved, trainer.steps)
+    return resumed
 
 
 def _restore_model_file(trainer: Trainer, home: Home) -> bool:
@@ -74,6 +88,7 @@ def _restore_model_file(trainer: Trainer, home: Home) -> bool:
         return False
     trainer.load(saved.tensors, saved.stats)
     trainer.steps = saved.steps
+    trainer.privacy.restore(None, None)  # a model file has no ledger: its steps may be plain
     log.info("resumed the model saved in %s (%d steps)", path, saved.steps)
     return True
 

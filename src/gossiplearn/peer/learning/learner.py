@@ -23,6 +23,7 @@ import trio
 
 from gossiplearn.gossip.aggregate import SumsLayout
 from gossiplearn.gossip.messages import TensorSpec
+from gossiplearn.peer.learning.private import PrivacyReport
 from gossiplearn.peer.learning.trainer import Trainer
 
 
@@ -56,7 +57,12 @@ class Learner(Protocol):
     ) -> dict[str, np.ndarray]:
         """A model trained under statistics ``old`` moved to ``new``, with the same function."""
 
-    async def train(self, count: int) -> int: ...
+    async def train(self, count: int) -> int:
+        """Run up to ``count`` training steps; returns the total steps taken so far. Fewer
+        than ``count`` means the learner can train no more (its privacy budget is spent)."""
+
+    def privacy(self) -> PrivacyReport:
+        """What differential privacy this learner trains under, and what it has spent."""
 
     async def snapshot(self) -> dict[str, np.ndarray]: ...
 
@@ -113,6 +119,9 @@ class TrainerLearner:
 
     def statistics(self) -> np.ndarray | None:
         return self.trainer.statistics()
+
+    def privacy(self) -> PrivacyReport:
+        return self.trainer.privacy.report()
 
     async def rebase(
         self, tensors: Mapping[str, np.ndarray], old: np.ndarray, new: np.ndarray

@@ -15,6 +15,10 @@ not jump.
 ``state``/``restore`` capture and reinstate everything the next SGD step depends on (tensors,
 momentum buffers, the batch-order generator and permutation, counters), so a peer resumed from
 a checkpoint continues bit for bit as if it had not stopped.
+
+With ``[privacy] dp`` on, steps are DP-SGD steps (``private.py``: the budget is checked before
+each one, and ``train_steps`` takes fewer steps than asked once it is spent); a resumed private
+peer continues with fresh noise, not bit for bit. The privacy ledger travels in the state.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
+from gossiplearn.crypto.privacy import Ledger
 from gossiplearn.gossip.aggregate import BadStatistics, SumsLayout, check
 from gossiplearn.gossip.merge import apply_merge, merge_delta
 from gossiplearn.gossip.messages import TensorSpec, encoded_model_size, fingerprint, specs_of
 from gossiplearn.peer.home.config import TrainingConfig
+from gossiplearn.peer.home.privacy import PrivacyConfig
+from gossiplearn.peer.learning.private import Privacy
 from gossiplearn.peer.learning.state import TrainerState
 from gossiplearn.tasks.base import Task, task_identity
 from gossiplearn.tasks.contract import identity_digest
@@ -39,7 +46,19 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, task: Task, config: TrainingConfig, seed: int = 0) -> None:
+    def __init__(
+        self,
+        task: Task,
+        config: TrainingConfig,
+        seed: int = 0,
+        *,
+        privacy: PrivacyConfig | None = None,
+        save_ledger: Callable[[Ledger], None] | None = None,
+    ) -> None:
+        """``seed``: model initialisation and batch order (never DP-SGD's noise, which is
+        secret). ``privacy`` with ``dp``: train with DP-SGD (raises ``UserError`` for a model
+        or settings it cannot use); ``save_ledger`` writes its ledger to the home (``Privacy``).
+        """
         self.task = task
         self.config = config
         self._lock = threading.Lock()
@@ -66,6 +85,7 @@ class Trainer:
         self.samples_seen = 0
         self._order = torch.empty(0, dtype=torch.int64)
         self._pos = 0
+        self.privacy = Privacy(self.model, task, config, privacy or PrivacyConfig(), save_ledger)
 
     @property
     def samples(self) -> int:
@@ -118,21 +138,47 @@ class Trainer:
         return base
 
     def train_steps(self, count: int) -> int:
-        """Run ``count`` SGD steps (each under the lock); returns the total steps taken."""
-        data = self.task.train
-        for _ in range(count):
-            with self._lock:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.learning_rate(self.steps)
-                idx = self._batch()
-                self.model.train()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.task.loss(self.model(data.features[idx]), data.labels[idx])
-                loss.backward()  # type: ignore[no-untyped-call]
-                self.optimizer.step()
-                self.steps += 1
-                self.samples_seen += len(idx)
+        """Run up to ``count`` SGD steps (each under the lock); returns the total steps taken.
+        Fewer than ``count`` are taken only when no more may be: the privacy budget is spent
+        (or its ledger cannot be saved)."""
+        try:
+            for _ in range(count):
+                with self._lock:
+                    if self.privacy.enabled:
+                        limit = self.config.max_steps
+                        left = limit - self.steps if limit else None
+                        drawn = self.privacy.step(self.learning_rate(self.steps), left)
+                        if drawn is None:
+                            break
+                    else:
+                        drawn = self._plain_step()
+                    self.steps += 1
+                    self.samples_seen += drawn
+        finally:
+            limit = self.config.max_steps
+            self.privacy.refresh(force=bool(limit) and self.steps >= limit)  # its last word
         return self.steps
+
+    def _plain_step(self) -> int:
+        """One SGD step (lock held); returns the batch size."""
+        data = self.task.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.steps)
+        idx = self._batch()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.model(data.features[idx]), data.labels[idx])
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        if self.privacy.plain_steps is not None:
+            self.privacy.plain_steps += 1
+        return len(idx)
+
+    def settle_privacy(self) -> None:
+        """Save the exact privacy ledger, dropping steps counted ahead (call once training has
+        stopped for good). Blocking; raises ``OSError``."""
+        with self._lock:
+            self.privacy.settle()
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of the current model (empty if there is no validation data)."""
@@ -236,6 +282,8 @@ class Trainer:
                 buf = self.optimizer.state.get(param, {}).get("momentum_buffer")
                 if buf is not None:
                     momentum[name] = buf.detach().cpu().numpy().copy()
+            if self.privacy.enabled:  # the plain optimiser has not stepped
+                momentum = self.privacy.momentum()
             tensors = self._snapshot_unlocked()
             return TrainerState(
                 task=self.task_digest,
@@ -253,6 +301,8 @@ class Trainer:
                 rng_state=self._gen.get_state().numpy().tobytes(),
                 order=self._order.numpy().copy(),
                 position=self._pos,
+                ledger=self.privacy.ledger.history,
+                plain_steps=self.privacy.plain_steps,
             )
 
     def incompatibility(self, state: TrainerState) -> str | None:
@@ -284,7 +334,8 @@ class Trainer:
         return None
 
     def restore(self, state: TrainerState) -> None:
-        """Reinstate ``state`` (checked with ``incompatibility`` first)."""
+        """Reinstate ``state`` (checked with ``incompatibility`` first). Its privacy ledger is
+        taken as is; ``Privacy.begin`` reconciles it with the home's before training."""
         params = dict(self.model.named_parameters())
         with self._lock, torch.no_grad():
             for name, t in self._tensors.items():
@@ -300,6 +351,9 @@ class Trainer:
             self._pos = state.position
             self.steps = state.steps
             self.samples_seen = state.samples_seen
+            self.privacy.restore(state.ledger, state.plain_steps)
+            if self.privacy.enabled:
+                self.privacy.restore_momentum(state.momentum)
             if self.task.statistics is not None and state.stats is not None:
                 self.stats = np.array(state.stats, dtype=np.float64)
                 self.task.statistics.apply(self.model, self.stats)

@@ -169,7 +169,9 @@ class Node:
         deadline = trio.current_time()
         while not cfg.max_steps or self.learner.steps < cfg.max_steps:
             count = chunk if not cfg.max_steps else min(chunk, cfg.max_steps - self.learner.steps)
-            await self.learner.train(count)
+            before = self.learner.steps
+            if await self.learner.train(count) - before < count:
+                break  # the learner can train no more (its privacy budget is spent)
             if period:
                 deadline = max(deadline + count * period, trio.current_time() - 1.0)
                 await trio.sleep_until(deadline)

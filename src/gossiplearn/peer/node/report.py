@@ -8,6 +8,7 @@ import the node (the node imports it).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Protocol
@@ -137,7 +138,18 @@ def node_status(node: Reported, now_mono: float) -> dict[str, Any]:
         "bytes_sent": st.bytes_sent,
         "bytes_received": st.bytes_received,
         "compression": node.config.gossip.compression,
+        "privacy": privacy_status(node),
     }
+
+
+def privacy_status(node: Reported) -> dict[str, Any]:
+    """Differential privacy (``status --json`` → ``privacy``): ``dp``; ``epsilon`` spent so far
+    (None when the peer never trained with DP; kept when dp was turned off since), ``delta``,
+    ``target_epsilon``, ``noise_multiplier``, ``max_grad_norm``, ``accountant``,
+    ``budget_spent``, ``steps`` (DP-SGD steps) and ``plain_steps`` (steps without DP)."""
+    report = dataclasses.asdict(node.learner.privacy())
+    report["epsilon"] = finite(report["epsilon"])
+    return report
 
 
 def group_status(node: Reported) -> dict[str, Any]:
