@@ -10,6 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from gossiplearn.errors import UserError
+from gossiplearn.peer.home.home import Home
+from gossiplearn.peer.status import fetch_status
+
 CLI = [sys.executable, "-m", "gossiplearn"]
 START_DEADLINE = 90.0  # seconds for a peer to print its address (imports torch and libp2p)
 
@@ -38,6 +44,7 @@ class Peer:
         self.out = (home.parent / f"{home.name}.out").open("w+")
         self.err = (home.parent / f"{home.name}.err").open("w+")
         self.proc = subprocess.Popen([*CLI, *args], stdout=self.out, stderr=self.err, text=True)
+        self.terminated = False
 
     def address(self, deadline: float | None = None) -> str:
         """The first address the peer printed (waits until ``deadline``, monotonic)."""
@@ -52,11 +59,22 @@ class Peer:
         raise AssertionError(f"no address printed: {self.log()}")
 
     def status(self) -> dict[str, Any] | None:
-        """``status --json`` of the running peer, or None while it is not serving yet."""
+        """The running peer's status, or None while it is not serving yet. Read in this
+        process (``fetch_status``, what ``gossiplearn status --json`` prints): the tests poll
+        it every half second, and a ``status`` process each time would cost a Python start-up
+        per peer per poll. ``cli_status`` runs the command."""
+        assert self.proc.poll() is None, self.log()
+        try:
+            data: dict[str, Any] = trio.run(fetch_status, Home(self.home))
+        except UserError:
+            return None
+        return data
+
+    def cli_status(self) -> dict[str, Any]:
+        """``gossiplearn status --json`` of the running peer (it must be serving)."""
         assert self.proc.poll() is None, self.log()
         done = run("status", "--home", str(self.home), "--json", timeout=30)
-        if done.returncode != 0:
-            return None
+        assert done.returncode == 0, done.stderr
         data: dict[str, Any] = json.loads(done.stdout)
         return data
 
@@ -64,12 +82,25 @@ class Peer:
         self.err.seek(0)
         return self.err.read()[-tail:]
 
+    def terminate(self) -> None:
+        """SIGTERM, once (a second one would interrupt the clean stop)."""
+        if self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self) -> int:
         """SIGTERM, then the exit code (30 s at most)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.proc.wait(timeout=30)
         finally:
             self.out.close()
             self.err.close()
+
+
+def stop_all(peers: list[Peer]) -> list[int]:
+    """Stop every peer, all at once (each takes about a second to save and close); their exit
+    codes, in order."""
+    for p in peers:
+        p.terminate()
+    return [p.stop() for p in peers]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clitools import Peer, run
+from clitools import Peer, run, stop_all
 
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
 
@@ -200,7 +200,7 @@ def test_members_with_the_key_gossip_and_a_peer_with_another_key_never_connects(
             time.sleep(0.5)
             st_a = a.status()
     finally:
-        codes = [p.stop() for p in peers]
+        codes = stop_all(peers)
     assert codes == [0] * len(peers), [p.log() for p in peers]
     for home in homes:
         assert (home / MODEL_FILE_NAME).exists()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from clitools import Peer, run
+from clitools import Peer, run, stop_all
 
 from gossiplearn.demo.companies import customers, diabetes
 from gossiplearn.tasks.contract import load_contract
@@ -131,7 +131,7 @@ def test_members_share_a_contract_and_one_with_another_contract_is_refused_by_na
         assert done.returncode == 0, done.stderr
         assert members[1].status() is not None  # still running
     finally:
-        codes = [p.stop() for p in peers]
+        codes = stop_all(peers)
     assert codes == [0, 0, 0, 0]
     # the stopped peer's saved model: export, and the graph agrees with predict on raw records
     model = short_tmp / "model.onnx"
