@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from rich.console import Console
 
+from gossiplearn.cli.render import render_status
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError, UserError
 from gossiplearn.gossip.exchange import LocalModel
@@ -202,6 +204,10 @@ async def test_a_round_gives_every_member_the_exact_sample_weighted_average(
         assert (lead["led"], lead["joined"], lead["last_size"]) == (1, 0, size)
         assert all(group_of(n)["joined"] == 1 for n in nodes[1:])
         assert all(not offences(n) for n in nodes)
+        console = Console(width=200, record=True)
+        console.print(render_status(leader.status()))
+        rows = [r for r in console.export_text().splitlines() if r.startswith("groups")]
+        assert rows[0].split(None, 1)[1].rstrip() == f"1 merged (groups of {size}): 1 led, 0 joined"
 
 
 async def test_training_during_the_round_is_kept(autojump_clock: trio.abc.Clock) -> None:

@@ -20,7 +20,7 @@ from gossiplearn.cli.render import render_status
 from gossiplearn.crypto.privacy import Ledger
 from gossiplearn.errors import CheckpointError, UserError
 from gossiplearn.gossip.stats import ExchangeCounters
-from gossiplearn.peer.app import check_available, run_peer
+from gossiplearn.peer.app import run_peer
 from gossiplearn.peer.home.checkpoint import (
     Checkpoint,
     NodeState,
@@ -97,12 +97,12 @@ def test_noise_derived_from_the_budget_needs_max_steps() -> None:
         with_overrides(PeerConfig(), {"privacy.delta": 1.5})
 
 
-def test_secure_averaging_is_refused_at_start() -> None:
-    cfg = with_overrides(PeerConfig(), {"privacy.secure_averaging": True})
-    with pytest.raises(UserError, match="secure averaging is not available yet in this version"):
-        check_available(cfg)
-    with pytest.raises(UserError, match=r"privacy\.group_size"):
-        with_overrides(PeerConfig(), {"privacy.group_size": 2})
+def test_group_size_is_3_to_16() -> None:
+    for size in (2, 17):
+        with pytest.raises(UserError, match=r"privacy\.group_size"):
+            with_overrides(PeerConfig(), {"privacy.group_size": size})
+    cfg = with_overrides(PeerConfig(), {"privacy.secure_averaging": True, "privacy.group_size": 16})
+    assert cfg.privacy.group_size == 16
 
 
 class Normalised(nn.Sequential):

@@ -103,6 +103,9 @@ def render_status(s: dict[str, Any]) -> Group:
         + (f" ({refused})" if refused else "")
         + f"; we declined {e.get('declined_inbound', 0)} while busy",
     )
+    group = e.get("group") or {}
+    if group.get("enabled") or group.get("joined"):
+        head.add_row("groups", _group_row(group))
     for item in s.get("incompatible") or []:
         who = item.get("name") or "…" + item["peer_id"][-12:]
         head.add_row("incompatible", f"[red]{who}: {item['detail']}[/]")
@@ -179,6 +182,18 @@ def _privacy_row(p: dict[str, Any]) -> str:
         f"clipping C = {p['max_grad_norm']:g}"
     )
     return text + ("; [yellow]budget spent: training stopped[/]" if p.get("budget_spent") else "")
+
+
+def _group_row(g: dict[str, Any]) -> str:
+    """Secure group rounds in one line: merged, led and joined, and the rounds that ended
+    unmerged or were not started, by reason."""
+    mode = f"groups of {g['size']}" if g.get("enabled") else "secure averaging off; invited"
+    text = f"{g['completed']} merged ({mode}): {g['led']} led, {g['joined']} joined"
+    if g.get("abandoned"):
+        text += f"; abandoned: {_counts(g['abandoned'])}"
+    if g.get("skipped"):
+        text += f"; not started: {_counts(g['skipped'])}"
+    return text
 
 
 def render_evaluation(r: dict[str, Any]) -> Group:

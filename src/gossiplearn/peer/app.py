@@ -36,6 +36,7 @@ from gossiplearn.peer.learning.learner import ThreadedLearner
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.net.addresses import parse_address
 from gossiplearn.peer.net.host import Libp2pTransport
+from gossiplearn.peer.node.config import GroupSettings
 from gossiplearn.peer.node.node import Node, NodeConfig
 from gossiplearn.peer.status import serve_model, serve_status
 from gossiplearn.tasks.base import Task, TaskOptions
@@ -74,15 +75,6 @@ def check_addresses(config: PeerConfig) -> None:
         parse_address(addr)
     for addr in config.network.bootstrap:
         parse_address(addr, need_peer_id=True)
-
-
-def check_available(config: PeerConfig) -> None:
-    """Refuse a setting declared for a feature this version does not have yet."""
-    if config.privacy.secure_averaging:
-        raise UserError(
-            "secure averaging is not available yet in this version: set "
-            "privacy.secure_averaging = false in peer.toml (or start with --no-secure-averaging)"
-        )
 
 
 def task_name(config: PeerConfig) -> str:
@@ -132,7 +124,6 @@ async def run_peer(
     with home.lock():
         config = home.config(overrides)
         check_addresses(config)
-        check_available(config)
         key = home.consortium_key(config)
         if key is None:
             log.warning(
@@ -170,6 +161,7 @@ async def run_peer(
             security=config.security,
             members=config.members,
             consortium_key_id=key.key_id if key is not None else None,
+            group=GroupSettings(config.privacy.secure_averaging, config.privacy.group_size),
         )
         node: Node | None = None
         try:
@@ -179,7 +171,7 @@ async def run_peer(
                 dial_timeout=config.network.dial_timeout,
                 consortium_key=key,
             ) as transport:
-                node = Node(transport, learner, node_config)
+                node = Node(transport, learner, node_config, identity=identity)
                 if resumed is not None:
                     resume_node(node, resumed.node)
                 await load_known_peers(home, node)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gossiplearn.crypto.privacy import ACCOUNTANTS, DEFAULT_ACCOUNTANT, Ledger
 from gossiplearn.errors import CheckpointError, UserError
+from gossiplearn.gossip.group_messages import MAX_GROUP
 from gossiplearn.peer.home.files import write_atomic
 from gossiplearn.peer.home.settings import OneOf, Range, setting
 
@@ -73,13 +74,14 @@ class PrivacyConfig:
     secure_averaging: bool = setting(
         False,
         "average models in groups of `group_size` peers under pairwise masks, so that no peer "
-        "sees another's model, only the group's sum (not available yet in this version: "
-        "`start` refuses `true`)",
+        "sees another's model, only the group's sum; this peer then never exchanges its model "
+        "pairwise (not for tasks with consortium statistics: tabular contracts)",
     )
     group_size: int = setting(
         3,
-        "peers in one secure-averaging round (with `secure_averaging`)",
-        check=Range(3),
+        "peers in one secure-averaging round (3 to 16), this one included (with "
+        "`secure_averaging`)",
+        check=Range(3, MAX_GROUP + 1),
     )
 
 
