@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -156,6 +156,8 @@ def test_consensus_distance_to_itself_is_zero(data: st.DataObject) -> None:
 @given(data=st.data(), scale=st.sampled_from([-3.0, 0.5, 2.0, 1024.0]))
 def test_consensus_distance_is_scale_invariant(data: st.DataObject, scale: float) -> None:
     x, y = data.draw(model_pairs(np.dtype(np.float64)))
+    # scaling a subnormal value is not exact (0.5 * 5e-324 == 0): invariance holds above them
+    assume(all(np.all((v == 0) | (np.abs(v) > 1e-300)) for m in (x, y) for v in m.values()))
     d = consensus_distance(x, y)
     scaled = consensus_distance(
         {k: scale * v for k, v in x.items()}, {k: scale * v for k, v in y.items()}
