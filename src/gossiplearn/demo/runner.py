@@ -69,6 +69,9 @@ class DemoSettings:
     train_share: float = 0.85
     training: TrainingConfig = field(default_factory=TrainingConfig)
     companions: Companions | None = None
+    # more `gossiplearn start` arguments for every peer (e.g. ("--dp", "--target-epsilon", "3"));
+    # the demo itself passes none
+    extra_args: tuple[str, ...] = ()
 
     @property
     def max_steps(self) -> int:
@@ -116,6 +119,7 @@ def _start_peer(
     ]  # fmt: skip
     if bootstrap:
         cmd += ["--bootstrap", bootstrap]
+    cmd += list(s.extra_args)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     with out.open("wb") as fo, log.open("wb") as fl:
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fl, env=env, start_new_session=True)  # noqa: S603
