@@ -954,11 +954,14 @@ class Attacker:
 
         async def one(i: int) -> None:
             try:
-                with trio.move_on_after(max(deadline - trio.current_time(), 0.1)):
+                with trio.move_on_after(max(deadline - trio.current_time(), 0.1)) as opening:
                     stream = await self._stream(target_addr)
             except AttackFailed as exc:
                 tally["open-failed"] += 1
                 out.error = out.error or str(exc)
+                return
+            if opening.cancelled_caught:  # still opening when the hold ended (a loaded host)
+                tally["open-timed-out"] += 1
                 return
             wire = Wire(stream)
             wires.append(wire)

@@ -3,7 +3,8 @@ restarted every few seconds. Used by ``test_chaos.py``; run this file to print o
 one chaos run side by side (``python tests/integration/chaos.py``).
 
 What a run records, for the test to judge:
-- every kill (half at a random instant, half at the instant the victim's next checkpoint is due,
+- every kill (the bootstrap node first, then any member that has answered since it last
+  started; half at a random instant, half at the instant the victim's next checkpoint is due,
   often mid-write), and what the killed peer had on disk afterwards (``load_checkpoint``: every
   checkpoint must load and fit the model);
 - counters that went backwards: within one process lifetime, any polled status counter that
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +80,8 @@ class Settings:
     max_steps: int = 1250  # training ends here; gossip goes on, so the models meet
     gossip_interval: float = 0.3
     checkpoint_interval: float = 2.0
-    chaos_seconds: float = 90.0  # 0: a calm run
-    kill_gap: tuple[float, float] = (2.0, 5.0)  # seconds between kills, uniform
+    chaos_seconds: float = 60.0  # 0: a calm run; training (~50 s calm) ends about when it does
+    kill_gap: tuple[float, float] = (1.0, 3.0)  # seconds between kills, uniform
     down_time: tuple[float, float] = (0.0, 1.0)  # seconds a killed peer stays down, uniform
     tail_seconds: float = 6.0  # after every peer has finished training
     start_deadline: float = 120.0
@@ -144,13 +146,16 @@ class Member:
 class Result:
     settings: Settings
     kills: int = 0
+    kill_instants: Counter[str] = field(default_factory=Counter)  # "random", "checkpoint due"
+    victims: Counter[int] = field(default_factory=Counter)  # member index → times killed
     accuracies: list[float] = field(default_factory=list)
     exit_codes: list[int | None] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # counters that went backwards
     unloadable: list[str] = field(default_factory=list)  # checkpoints that did not load
     unsaved: list[str] = field(default_factory=list)  # a clean stop that did not save it all
     checkpoints_checked: int = 0
-    restarts_checked: int = 0
+    restarts_checked: int = 0  # restarts whose first status was compared with their checkpoint
+    nothing_to_resume: int = 0  # kills that came before the victim's first checkpoint
     bans: int = 0
     adopted: int = 0
     seconds: float = 0.0
@@ -166,7 +171,9 @@ class Result:
 
     def summary(self) -> str:
         return (
-            f"{'chaos' if self.settings.chaos_seconds else 'calm '}: {self.kills} kills, "
+            f"{'chaos' if self.settings.chaos_seconds else 'calm '}: {self.kills} kills "
+            f"({self.kill_instants['checkpoint due']} when a checkpoint was due, members "
+            f"{sorted(self.victims)}), "
             f"accuracy mean {100 * self.mean:.1f}% worst {100 * self.worst:.1f}%, "
             f"{self.checkpoints_checked} checkpoints loaded, {self.restarts_checked} restarts "
             f"checked, {len(self.violations)} counters backwards, {self.bans} bans, "
@@ -256,6 +263,7 @@ class Consortium:
         if m.reported_checkpoint is None and not (m.home / "checkpoint.glc").exists():
             m.resumed_floor = None  # killed before its first checkpoint: nothing to resume
             m.checked_restart = True
+            self.result.nothing_to_resume += 1
             return
         task = shard_task(self._options(), m.index)
         trainer = Trainer(task, TrainingConfig())
@@ -332,14 +340,20 @@ class Consortium:
             self._watch(min(self.rng.uniform(*s.kill_gap), end - now))
             if time.monotonic() >= end:
                 break
-            victim = self.rng.choice(self.members)
+            # the first victim is the bootstrap node every other member was started with; then
+            # any member that has answered since it last started (one killed again while it
+            # still imports would leave its restart unchecked)
+            serving = [m for m in self.members if m.last]
+            if not serving:
+                continue
+            victim = self.rng.choice(serving) if self.result.kills else self.members[0]
             self.observe(victim)
-            when = "at a random instant"
+            when = "random"
             if victim.checkpoint_time is not None and self.rng.random() < 0.5:
                 # at the instant its next checkpoint is due: often in the middle of writing it
                 due = victim.checkpoint_time + s.checkpoint_interval - time.time()
                 time.sleep(min(max(0.0, due), s.checkpoint_interval))
-                when = "when a checkpoint was due"
+                when = "checkpoint due"
             self.result.timeline.append(
                 f"{time.monotonic() - self.t0:.0f}s: peer {victim.index} at "
                 f"{victim.last.get(('training', 'steps'))} steps, {when}"
@@ -348,6 +362,8 @@ class Consortium:
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait()
             self.result.kills += 1
+            self.result.kill_instants[when] += 1
+            self.result.victims[victim.index] += 1
             self._check_disk(victim)
             time.sleep(self.rng.uniform(*s.down_time))
             victim.start()
@@ -402,7 +418,7 @@ if __name__ == "__main__":
     # python chaos.py [calm|chaos ...] [seed]: the runs given (default: one of each), at once
     kinds = [a for a in sys.argv[1:] if a in ("calm", "chaos")] or ["calm", "chaos"]
     seed = int(next((a for a in sys.argv[1:] if a.isdigit()), "1"))
-    chosen = [Settings(chaos_seconds=90.0 if k == "chaos" else 0.0) for k in kinds]
+    chosen = [Settings() if k == "chaos" else Settings(chaos_seconds=0.0) for k in kinds]
     with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
         futures = [pool.submit(run_consortium, s, seed + i) for i, s in enumerate(chosen)]
         for f in futures:
