@@ -78,6 +78,23 @@ def test_both_sides_of_a_pair_derive_the_same_seed_and_it_is_bound_to_the_round(
     assert seed != masking.pair_seed(key(0), c, a, IDS[2].peer_id, pub(key(2)))
 
 
+def test_each_phase_of_a_round_has_its_own_seed() -> None:
+    """The statistics' phase derives with another HKDF info than the model's (docs/protocol.md
+    16.3), so no keystream masks two vectors; both sides agree on each."""
+    c = ctx()
+    a, b = IDS[0].peer_id, IDS[1].peer_id
+    pub = masking.public_bytes
+    model = masking.pair_seed(key(0), c, a, b, pub(key(1)))
+    stats = masking.pair_seed(key(0), c, a, b, pub(key(1)), domain=masking.STATS_SEED_DOMAIN)
+    assert stats != model
+    assert stats == masking.pair_seed(
+        key(1), c, b, a, pub(key(0)), domain=masking.STATS_SEED_DOMAIN
+    )
+    assert not np.array_equal(masking.mask_words(stats, 8), masking.mask_words(model, 8))
+    with pytest.raises(LocalProtocolError):
+        masking.pair_seed(key(0), c, a, b, pub(key(1)), domain=b"gossiplearn/other/v1")
+
+
 @pytest.mark.parametrize("public", [bytes(32), (1).to_bytes(32, "little"), b"short"])
 def test_a_small_order_or_malformed_public_key_gives_no_seed(public: bytes) -> None:
     with pytest.raises(masking.BadKey):

@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gossiplearn.crypto.fixedpoint import STATS_FORMAT
 from gossiplearn.gossip.aggregate import (
     BadStatistics,
     SumsLayout,
     average,
     check,
+    check_sum,
     moment,
     spread,
 )
@@ -167,6 +169,50 @@ def test_check_refuses_squares_below_what_the_sum_needs(
     v[q] = factor * v[s] ** 2 / v[c]  # below sum² / count
     with pytest.raises(BadStatistics, match="inconsistent"):
         check(v, LAYOUT)
+
+
+def group_average(vectors: list[np.ndarray]) -> np.ndarray:
+    """What a secure group decodes: each member's ``v / g`` in fixed point, summed mod 2^64."""
+    words = np.zeros(vectors[0].size, np.uint64)
+    for v in vectors:
+        np.add(words, STATS_FORMAT.encode(v / len(vectors)), out=words)
+    return STATS_FORMAT.decode(words)
+
+
+@settings(max_examples=50)
+@given(seed=seeds, g=st.integers(3, 16), value=st.floats(-1e4, 1e4), constant=st.booleans())
+def test_check_sum_accepts_a_groups_rounded_average_and_makes_it_consistent(
+    seed: int, g: int, value: float, constant: bool
+) -> None:
+    """Fixed point rounds each entry by up to 2^-17 per member; a column that is constant at
+    every member (sum² = count · squares exactly) then often fails ``check``'s float slack.
+    ``check_sum`` accepts it and returns sums that pass ``check``, within rounding of the
+    true average."""
+    rng = np.random.default_rng(seed)
+    vectors = [sums(*p) for p in peers(seed, g)]
+    if constant:
+        rows = [np.full((int(rng.integers(1, 500)), NUMERIC), value) for _ in range(g)]
+        vectors = [sums(x, np.zeros(len(x), dtype=int)) for x in rows]
+    decoded = group_average(vectors)
+    out = check_sum(decoded, LAYOUT, error=g * STATS_FORMAT.resolution)
+    np.testing.assert_array_equal(check(out, LAYOUT), out)
+    np.testing.assert_allclose(out, np.mean(vectors, axis=0), rtol=1e-6, atol=g * 2.0**-16)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "match"),
+    [
+        (lambda v: np.where(np.arange(v.size) == 0, -(2.0**-16), v), "count at 0 is negative"),
+        (lambda v: np.where(np.arange(v.size) == 3, np.nan, v), "NaN or Inf"),
+        (lambda v: np.where(np.arange(v.size) == 3, 0.5 * v[2] ** 2 / v[1], v), "inconsistent"),
+        (lambda v: v[:-1], "statistics, ours has"),
+    ],
+)
+def test_check_sum_refuses_what_rounding_cannot_explain(corrupt, match: str) -> None:  # type: ignore[no-untyped-def]
+    v = group_average([sums(*p) for p in peers(7, 3)])
+    check_sum(v, LAYOUT, error=3 * STATS_FORMAT.resolution)
+    with pytest.raises(BadStatistics, match=match):
+        check_sum(corrupt(v), LAYOUT, error=3 * STATS_FORMAT.resolution)
 
 
 def test_layout_refuses_overlapping_or_outside_positions() -> None:

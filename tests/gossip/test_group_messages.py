@@ -22,6 +22,8 @@ from gossiplearn.gossip.group_messages import (
     GroupLimits,
     GroupMessage,
     GroupShare,
+    GroupStatsShare,
+    GroupStatsSum,
     GroupSum,
     decode,
     encode,
@@ -52,6 +54,7 @@ messages: st.SearchStrategy[GroupMessage] = st.one_of(
         DIGEST,
         DIGEST,
         U64,
+        st.none() | st.integers(1, 1 << 24),
     ),
     st.builds(
         GroupJoin,
@@ -64,12 +67,14 @@ messages: st.SearchStrategy[GroupMessage] = st.one_of(
     st.builds(GroupKeys, ROUND, st.lists(ENTRY, max_size=MAX_GROUP).map(tuple)),
     st.builds(GroupShare, ROUND, WORDS),
     st.builds(GroupSum, ROUND, WORDS),
+    st.builds(GroupStatsShare, ROUND, WORDS),
+    st.builds(GroupStatsSum, ROUND, WORDS),
     st.builds(GroupAbort, ROUND, st.text(max_size=64)),
 )
 
 
 def same(a: GroupMessage, b: GroupMessage) -> bool:
-    if isinstance(a, GroupShare | GroupSum):
+    if isinstance(a, GroupShare | GroupSum | GroupStatsShare | GroupStatsSum):
         return (
             type(a) is type(b)
             and a.round_id == b.round_id  # type: ignore[union-attr]
@@ -131,6 +136,11 @@ R = bytes(16)
         body(t="g-invite", round=R, group=["a"] * 17, fp=b"", task=b"", n=1),
         body(t="g-invite", round=R, group=["a", ""], fp=b"", task=b"", n=1),
         body(t="g-invite", round=R, group=["a"], fp=bytes(65), task=b"", n=1),
+        body(t="g-invite", round=R, group=["a"], fp=b"", task=b"", n=1, stats=0),
+        body(t="g-invite", round=R, group=["a"], fp=b"", task=b"", n=1, stats=-3),
+        body(t="g-invite", round=R, group=["a"], fp=b"", task=b"", n=1, stats=2**24 + 1),
+        body(t="g-invite", round=R, group=["a"], fp=b"", task=b"", n=1, stats=True),
+        body(t="g-stats-share", round=R, len=1, words=bytes(16)),
         body(t="g-keys", round=R, keys=[["a", bytes(32), 1]]),
         body(t="g-decline", round=R, reason="tired", detail=""),
         body(t="g-abort", round=R, reason="x" * 65),
@@ -158,3 +168,26 @@ def test_words_travel_as_little_endian_uint64() -> None:
     raw = msgpack.unpackb(frame)
     assert raw["len"] == 2
     assert raw["words"] == (1).to_bytes(8, "little") + b"\xff" * 8
+
+
+def test_an_invite_says_whether_the_round_sums_statistics_first() -> None:
+    """Without statistics the invite is the frame it always was (no ``stats`` key); with them
+    it carries their length, and a nil ``stats`` reads as none."""
+    invite = GroupInvite(R, ("a", "b", "c"), b"f", b"t", 5)
+    assert encode(invite) == body(
+        t="g-invite", round=R, group=["a", "b", "c"], fp=b"f", task=b"t", n=5
+    )
+    two = GroupInvite(R, ("a", "b", "c"), b"f", b"t", 5, stats=12)
+    assert msgpack.unpackb(encode(two))["stats"] == 12
+    assert decode(encode(two), limits=LIMITS) == two
+    nil = body(t="g-invite", round=R, group=["a"], fp=b"", task=b"", n=1, stats=None)
+    assert decode(nil, limits=LIMITS) == GroupInvite(R, ("a",), b"", b"", 1)
+
+
+def test_statistics_shares_and_sums_have_types_of_their_own() -> None:
+    words = np.array([7, 2**63], np.uint64)
+    for cls, kind in ((GroupStatsShare, "g-stats-share"), (GroupStatsSum, "g-stats-sum")):
+        frame = encode(cls(R, words))
+        assert msgpack.unpackb(frame)["t"] == kind
+        back = decode(frame, limits=words_limits(2))
+        assert type(back) is cls and np.array_equal(back.words, words)  # type: ignore[union-attr]

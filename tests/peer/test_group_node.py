@@ -24,7 +24,7 @@ from rich.console import Console
 
 from gossiplearn.cli.render import render_status
 from gossiplearn.crypto.identity import Identity
-from gossiplearn.errors import TransportError, UserError
+from gossiplearn.errors import TransportError
 from gossiplearn.gossip.exchange import LocalModel
 from gossiplearn.gossip.group import Completed, LeaderRound, MemberRound
 from gossiplearn.gossip.group_messages import (
@@ -125,7 +125,6 @@ class Net:
         enabled: bool = True,
         size: int = 3,
         security: SecurityConfig | None = None,
-        stats: np.ndarray | None = None,
     ) -> Node:
         """A running node with identity ``IDS[i]`` and model ``model(i / 10)``."""
         config = NodeConfig(
@@ -135,7 +134,7 @@ class Net:
             group=GroupSettings(enabled, size),
         )
         transport = self.network.transport(IDS[i].peer_id)
-        learner = VectorLearner(model(i / 10), samples, stats=stats)
+        learner = VectorLearner(model(i / 10), samples)
         node = Node(transport, learner, config, rng=random.Random(i), identity=IDS[i])
         await self.nursery.start(transport.run)
         await self.nursery.start(node.run)
@@ -540,22 +539,6 @@ async def test_pairwise_exchanges_and_group_rounds_exclude_each_other(
         await link.stream.reset()
         await until(lambda: not node.busy)
         assert group_of(node)["declined_inbound"] == 1
-
-
-# ------------------------------------------------------------------------------ statistics
-
-
-async def test_secure_averaging_is_refused_for_a_task_with_statistics(
-    autojump_clock: trio.abc.Clock,
-) -> None:
-    async with network() as net:
-        with pytest.raises(UserError, match="consortium statistics"):
-            await net.node(0, stats=np.ones(3))
-        node = await net.node(1, enabled=False, stats=np.ones(3))
-        _, lead, _, decline = await RawLeader(await net.raw(4), node).invite(seed=1)
-        assert isinstance(decline, GroupDecline)
-        assert (decline.reason, lead.round_id) == ("incompatible", decline.round_id)
-        assert "consortium statistics" in decline.detail
 
 
 # ------------------------------------------------------------------------------ the gossip loop

@@ -5,7 +5,9 @@ whatever the masks. Floats do not; integers modulo 2^64 do (numpy's uint64 arith
 So a member's model becomes one uint64 vector:
 
 - the layout (``VectorLayout``): the tensors flattened in C order, one after another in sorted
-  name order, then the statistics vector (``gossip.aggregate``), if the task has one;
+  name order, then the statistics vector (``gossip.aggregate``), if any. A round of a task with
+  statistics sums them alone first (a layout of no tensors), then the model alone (a layout
+  without statistics): docs/protocol.md 16.4;
 - the format (``FixedPoint``): a value ``x`` of a part with ``F`` fractional bits is the int64
   ``round(x · 2^F)`` (round half to even), read as uint64 (two's complement). A sum of words
   modulo 2^64, read back as int64 and divided by 2^F, is the sum of the values within
@@ -64,6 +66,11 @@ class FixedPoint:
     def bound(self) -> float:
         """The largest magnitude a member may contribute (see the module's invariants)."""
         return float(2 ** (62 - self.fraction_bits))
+
+    @property
+    def resolution(self) -> float:
+        """One step of the format: an encoded value is within half of it of the true one."""
+        return 2.0**-self.fraction_bits
 
     def check(self, values: np.ndarray, what: str) -> None:
         """Raise ``OutOfRange`` unless every value is finite and within ``bound``."""

@@ -10,14 +10,19 @@ Learning", CCS 2017, without its dropout recovery: here a dropout abandons the r
   with its Ed25519 identity over ``announcement_bytes``: a domain tag, the round id, the ordered
   group, its own peer ID, the key, its sample count, the model fingerprint and the task digest.
   So an announcement is valid for exactly one member of one round of one group on one model.
-- ``pair_seed``: X25519 shared secret → HKDF-SHA256 (salt: the round id; info: ``SEED_DOMAIN``
-  then the canonical msgpack of ``[group, lower peer ID, higher peer ID]``) → 32 bytes.
+- ``pair_seed``: X25519 shared secret → HKDF-SHA256 (salt: the round id; info: the phase's
+  domain then the canonical msgpack of ``[group, lower peer ID, higher peer ID]``) → 32 bytes.
+  A round sums one vector per phase, and each phase has its own domain (``SEED_DOMAIN`` for
+  the model, ``STATS_SEED_DOMAIN`` for a task's statistics, summed first): distinct HKDF
+  ``info`` gives independent seeds, so no keystream ever masks two vectors.
 - ``mask_words``: the ChaCha20 keystream under that seed (nonce: 16 zero bytes — safe because
   each seed keys exactly one stream), read as little-endian uint64 words.
 - ``apply_masks``: member ``i`` adds the mask of pair ``(i, j)`` when ``i < j`` and subtracts it
   otherwise, comparing peer IDs as UTF-8 bytes; all arithmetic is modulo 2^64.
 
 Invariants:
+- One seed keys one keystream, which masks one vector: a seed is derived per pair, round and
+  phase, never reused.
 - The sum of all members' masked vectors equals the sum of their unmasked vectors, exactly.
 - A seed is never derived from an all-zero shared secret (a small-order public key): ``BadKey``.
 - "Canonical msgpack" is ``msgpack.packb(value, use_bin_type=True)``: str as str, bytes as
@@ -45,7 +50,8 @@ from gossiplearn.crypto.identity import Identity, public_key_from_peer_id
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError
 
 KEY_DOMAIN = b"gossiplearn/group-key/v1"
-SEED_DOMAIN = b"gossiplearn/group-seed/v1"
+SEED_DOMAIN = b"gossiplearn/group-seed/v1"  # the model's phase (the only one without statistics)
+STATS_SEED_DOMAIN = b"gossiplearn/group-stats-seed/v1"  # the statistics' phase
 ROUND_ID_BYTES = 16
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -127,10 +133,19 @@ def precedes(a: str, b: str) -> bool:
 
 
 def pair_seed(
-    key: X25519PrivateKey, ctx: RoundContext, ours: str, theirs: str, their_public: bytes
+    key: X25519PrivateKey,
+    ctx: RoundContext,
+    ours: str,
+    theirs: str,
+    their_public: bytes,
+    *,
+    domain: bytes = SEED_DOMAIN,
 ) -> bytes:
-    """The one-time seed of the pair (``ours``, ``theirs``) in this round; both derive it.
-    Raises ``BadKey`` for a public key that is not 32 bytes or gives an all-zero secret."""
+    """The one-time seed of the pair (``ours``, ``theirs``) in this round's phase ``domain``
+    (``SEED_DOMAIN`` or ``STATS_SEED_DOMAIN``); both derive it. Raises ``BadKey`` for a public
+    key that is not 32 bytes or gives an all-zero secret."""
+    if domain not in (SEED_DOMAIN, STATS_SEED_DOMAIN):
+        raise LocalProtocolError(f"no such phase: {domain!r}")
     if ours == theirs:
         raise LocalProtocolError("a member has no pair with itself")
     try:
@@ -140,7 +155,7 @@ def pair_seed(
     if shared == bytes(len(shared)):
         raise BadKey(f"{theirs}'s public key gives an all-zero shared secret")
     lo, hi = (ours, theirs) if precedes(ours, theirs) else (theirs, ours)
-    info = SEED_DOMAIN + msgpack.packb([list(ctx.group), lo, hi], use_bin_type=True)
+    info = domain + msgpack.packb([list(ctx.group), lo, hi], use_bin_type=True)
     hkdf = HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=ctx.round_id, info=info)
     return hkdf.derive(shared)
 

@@ -13,7 +13,8 @@ The vectors are sums, so the pair's *plain* average is the sample-weighted one: 
 more rows already weighs more through its counts.
 
 ``SumsLayout`` says where each kind of sum sits, so a received vector can be checked (finite,
-counts not negative, sums of squares consistent with sums) before it is averaged in; ``moments``
+counts not negative, sums of squares consistent with sums) before it is averaged in
+(``check``; ``check_sum`` for a secure group's average, decoded from fixed point); ``moments``
 turns a vector into means and deviations. Pure: no I/O, no clocks.
 """
 
@@ -78,6 +79,41 @@ def check(vector: np.ndarray, layout: SumsLayout) -> np.ndarray:
         if total * total > count * squares * (1 + TOLERANCE) + TOLERANCE:
             raise BadStatistics(f"sums at {c} are inconsistent (sum² > count · squares)")
     return v
+
+
+def check_sum(vector: np.ndarray, layout: SumsLayout, *, error: float) -> np.ndarray:
+    """A secure group's average statistics (``gossip.group``), decoded from fixed point with
+    each entry within ``error`` of the true average, as a valid set of sums; raises
+    ``BadStatistics`` for one that honest members cannot produce.
+
+    The checks are those of ``check``, with the moments' consistency loosened by what rounding
+    of ``error`` per entry can do to ``sum² ≤ count · sum of squares``; counts are not loosened
+    (non-negative values round to non-negative words, whose sum cannot go below 0). A sum of
+    squares that rounding left just below what its sum requires is then raised to it, so the
+    result passes ``check`` (and every member, decoding the same words, holds the same one)."""
+    v = np.asarray(vector, dtype=np.float64)
+    if v.shape != (layout.size,):
+        raise BadStatistics(f"{v.size} statistics, ours has {layout.size}")
+    if not np.isfinite(v).all():
+        raise BadStatistics("statistics hold NaN or Inf")
+    v = v.copy()
+    for i in layout.counts:
+        if v[i] < 0:
+            raise BadStatistics(f"count at {i} is negative")
+    for c, s, q in layout.moments:
+        count, total, squares = v[c], v[s], v[q]
+        if count < 0 or squares < 0:
+            raise BadStatistics(f"count or sum of squares at {c} is negative")
+        # (|t| + e)² - (c - e)(q - e) ≤ e (2|t| + c + q): how far rounding can push the sides
+        slack = error * (2 * abs(total) + count + squares + 4 * error)
+        if total * total > count * squares * (1 + TOLERANCE) + TOLERANCE + slack:
+            raise BadStatistics(f"sums at {c} are inconsistent (sum² > count · squares)")
+        if total * total > count * squares:
+            if count > 0:
+                v[q] = total * total / count
+            else:  # no rows: the sum is rounding noise
+                v[s] = 0.0
+    return check(v, layout)
 
 
 @dataclass(frozen=True, slots=True)

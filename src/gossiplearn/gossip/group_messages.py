@@ -2,9 +2,13 @@
 
 A round, led by one member (the leader, first in the group), on one stream per member:
 
-    leader → member  GroupInvite(round, group, fp, task, n)
+    leader → member  GroupInvite(round, group, fp, task, n[, stats])
     member → leader  GroupJoin(round, key, n, sig) | GroupDecline(round, reason, detail)
     leader → member  GroupKeys(round, every member's [peer, key, n, sig])
+  for a task with statistics (the invite's ``stats``: their length), first:
+    member → leader  GroupStatsShare(round, masked words)
+    leader → member  GroupStatsSum(round, summed words)
+  then, for every task:
     member → leader  GroupShare(round, masked words)
     leader → member  GroupSum(round, summed words)
     either way       GroupAbort(round, reason), at any point: the round is over
@@ -41,6 +45,7 @@ MIN_GROUP = 3  # with two members, each would learn the other's model from the s
 MAX_GROUP = 16
 CONTROL_FRAME = 64 * 1024  # invite, join, decline, keys, abort: bytes
 MAX_REASON = 64  # characters of an abort reason
+MAX_STATS = 1 << 24  # words of a statistics vector an invite may announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,8 @@ class GroupLimits:
 
 
 def words_limits(length: int) -> GroupLimits:
-    """The limits for a GroupShare or GroupSum of ``length`` words."""
+    """The limits for a vector of ``length`` words (GroupShare, GroupSum, and the statistics'
+    GroupStatsShare, GroupStatsSum)."""
     return GroupLimits(max_frame=length * WORD.itemsize + 1024)
 
 
@@ -67,6 +73,7 @@ class GroupInvite:
     fingerprint: bytes
     task: bytes
     samples: int  # the leader's
+    stats: int | None = None  # the statistics' length: the round sums them first; None: no stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +119,31 @@ class GroupSum:
     words: np.ndarray = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class GroupStatsShare:
+    """Member → leader, a task with statistics: its masked statistics vector (uint64 words)."""
+
+    round_id: bytes
+    words: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class GroupStatsSum:
+    """Leader → every member: the sum of all masked statistics vectors."""
+
+    round_id: bytes
+    words: np.ndarray = field(repr=False)
+
+
+WordsMessage = GroupShare | GroupSum | GroupStatsShare | GroupStatsSum
+_WORDS_KINDS: dict[type, str] = {
+    GroupShare: "g-share",
+    GroupSum: "g-sum",
+    GroupStatsShare: "g-stats-share",
+    GroupStatsSum: "g-stats-sum",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class GroupAbort:
     """Either way: the round is over, nothing is merged (``reason``: a short key)."""
@@ -121,7 +153,15 @@ class GroupAbort:
 
 
 GroupMessage = (
-    GroupInvite | GroupJoin | GroupDecline | GroupKeys | GroupShare | GroupSum | GroupAbort
+    GroupInvite
+    | GroupJoin
+    | GroupDecline
+    | GroupKeys
+    | GroupShare
+    | GroupSum
+    | GroupStatsShare
+    | GroupStatsSum
+    | GroupAbort
 )
 
 
@@ -132,6 +172,8 @@ def encode(msg: GroupMessage) -> bytes:
         case GroupInvite():
             body |= {"t": "g-invite", "round": msg.round_id, "group": list(msg.group)}
             body |= {"fp": msg.fingerprint, "task": msg.task, "n": msg.samples}
+            if msg.stats is not None:  # absent without statistics: the frame is as before
+                body["stats"] = msg.stats
         case GroupJoin():
             body |= {"t": "g-join", "round": msg.round_id, "key": msg.public_key}
             body |= {"n": msg.samples, "sig": msg.signature}
@@ -141,8 +183,8 @@ def encode(msg: GroupMessage) -> bytes:
         case GroupKeys():
             keys = [[k.peer_id, k.public_key, k.samples, k.signature] for k in msg.keys]
             body |= {"t": "g-keys", "round": msg.round_id, "keys": keys}
-        case GroupShare() | GroupSum():
-            kind = "g-share" if isinstance(msg, GroupShare) else "g-sum"
+        case GroupShare() | GroupSum() | GroupStatsShare() | GroupStatsSum():
+            kind = _WORDS_KINDS[type(msg)]
             words = np.ascontiguousarray(msg.words, dtype=WORD)
             body |= {"t": kind, "round": msg.round_id, "len": int(words.size)}
             body["words"] = words.tobytes()
@@ -198,6 +240,7 @@ def _decode_body(body: Any, limits: GroupLimits) -> GroupMessage:
             _digest(body, "fp"),
             _digest(body, "task"),
             _uint(body.get("n"), "n"),
+            _stats_length(body.get("stats")),
         )
     if kind == "g-join":
         return GroupJoin(
@@ -214,19 +257,29 @@ def _decode_body(body: Any, limits: GroupLimits) -> GroupMessage:
     if kind == "g-keys":
         entries = _list(body.get("keys"), limits, "keys")
         return GroupKeys(round_id, tuple(_announcement(e, limits) for e in entries))
-    if kind in ("g-share", "g-sum"):
+    if kind in _BY_KIND:
         length = _uint(body.get("len"), "len")
         if length > limits.max_frame // WORD.itemsize:
             raise DecodeError(f"a vector of {length} words exceeds the frame limit")
         data = body.get("words")
         if not isinstance(data, bytes) or len(data) != length * WORD.itemsize:
             raise DecodeError(f"field 'words' must be bin of exactly {length * WORD.itemsize}")
-        words = np.frombuffer(data, dtype=WORD)
-        return GroupShare(round_id, words) if kind == "g-share" else GroupSum(round_id, words)
+        return _BY_KIND[kind](round_id, np.frombuffer(data, dtype=WORD))
     return GroupAbort(round_id, _text(body.get("reason"), MAX_REASON))
 
 
-_KINDS = ("g-invite", "g-join", "g-decline", "g-keys", "g-share", "g-sum", "g-abort")
+_BY_KIND: dict[str, type[WordsMessage]] = {kind: cls for cls, kind in _WORDS_KINDS.items()}
+_KINDS = ("g-invite", "g-join", "g-decline", "g-keys", *_BY_KIND, "g-abort")
+
+
+def _stats_length(value: Any) -> int | None:
+    """An invite's ``stats``: absent or nil, or the statistics' length (≥ 1 words)."""
+    if value is None:
+        return None
+    length = _uint(value, "stats")
+    if not 0 < length <= MAX_STATS:
+        raise DecodeError(f"field 'stats' must be 1 to {MAX_STATS}")
+    return length
 
 
 def _fixed(value: Any, size: int, key: str) -> bytes:

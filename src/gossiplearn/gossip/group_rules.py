@@ -14,12 +14,19 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gossiplearn.crypto import masking
-from gossiplearn.crypto.fixedpoint import Contribution, VectorLayout
+from gossiplearn.crypto.fixedpoint import (
+    STATS_FORMAT,
+    Contribution,
+    OutOfRange,
+    VectorLayout,
+    decode_sum,
+)
 from gossiplearn.crypto.identity import is_peer_id
 from gossiplearn.crypto.masking import KeyAnnouncement, RoundContext
 from gossiplearn.errors import RemoteProtocolError
+from gossiplearn.gossip.aggregate import BadStatistics, SumsLayout, check_sum
 from gossiplearn.gossip.exchange import LocalModel
-from gossiplearn.gossip.group_messages import MAX_GROUP, MIN_GROUP, GroupShare, GroupSum
+from gossiplearn.gossip.group_messages import MAX_GROUP, MIN_GROUP, WordsMessage
 
 REFUSAL_REASONS = frozenset(
     {
@@ -32,6 +39,7 @@ REFUSAL_REASONS = frozenset(
         "bad-samples",  # a sample count of 0, or the leader's differs from its invite
         "bad-share",  # a share of the wrong length
         "bad-sum",  # a sum of the wrong length, or beyond what honest members can add up to
+        "bad-stats",  # a statistics sum that is no valid set of sums (docs/security.md 3.7)
     }
 )
 
@@ -48,9 +56,15 @@ class GroupRefused(RemoteProtocolError):
 
 
 def layout_of(local: LocalModel) -> VectorLayout:
-    """The fixed-point layout of our model (and statistics)."""
+    """The fixed-point layout of our model's tensors (the statistics are summed apart)."""
     specs = ((s.name, s.dtype, s.shape) for s in local.specs.values())
-    return VectorLayout.of(specs, None if local.stats is None else local.stats.size)
+    return VectorLayout.of(specs, None)
+
+
+def stats_layout_of(local: LocalModel) -> VectorLayout | None:
+    """The layout of our statistics alone, summed in a phase of their own before the model;
+    None for a task without statistics (a round of one phase)."""
+    return None if local.stats is None else VectorLayout((), local.stats.size)
 
 
 def group_problem(group: Sequence[str], *, max_group: int = MAX_GROUP) -> str | None:
@@ -106,16 +120,64 @@ def check_keys(
         raise GroupRefused("bad-key", "a key appears twice")
 
 
-def seed_with(key: X25519PrivateKey, ctx: RoundContext, me: str, theirs: KeyAnnouncement) -> bytes:
-    """Our pair seed with ``theirs`` (``crypto.masking.pair_seed``); a key that gives no
-    shared secret is refused ``bad-key``."""
+def seed_with(
+    key: X25519PrivateKey,
+    ctx: RoundContext,
+    me: str,
+    theirs: KeyAnnouncement,
+    *,
+    domain: bytes = masking.SEED_DOMAIN,
+) -> bytes:
+    """Our pair seed with ``theirs`` for the phase ``domain`` (``crypto.masking.pair_seed``);
+    a key that gives no shared secret is refused ``bad-key``."""
     try:
-        return masking.pair_seed(key, ctx, me, theirs.peer_id, theirs.public_key)
+        return masking.pair_seed(key, ctx, me, theirs.peer_id, theirs.public_key, domain=domain)
     except masking.BadKey as exc:
         raise GroupRefused("bad-key", str(exc)) from None
 
 
-def check_length(msg: GroupShare | GroupSum, layout: VectorLayout, reason: str) -> None:
+def statistics_problem(announced: int | None, ours: SumsLayout | None) -> str | None:
+    """Why an invite's statistics phase (``stats``: the length it announces, None for none)
+    does not fit our task, or None."""
+    if announced is None and ours is not None:
+        return "the round has no statistics phase; our task has statistics"
+    if announced is not None and ours is None:
+        return "the round has a statistics phase; our task has no statistics"
+    if announced is not None and ours is not None and announced != ours.size:
+        return f"the round's statistics have {announced} values, ours {ours.size}"
+    return None
+
+
+def average_statistics(
+    layout: VectorLayout, sums: SumsLayout, words: np.ndarray, size: int, *, offence: bool
+) -> np.ndarray:
+    """The group's average statistics from the summed words of ``size`` members, checked as a
+    set of sums (``gossip.aggregate.check_sum``). Refuses ``bad-sum`` (beyond the bound) or
+    ``bad-stats`` (no valid set of sums), an offence as ``offence`` says."""
+    try:
+        _, stats = decode_sum(layout, words)
+    except OutOfRange as exc:
+        raise GroupRefused("bad-sum", exc.detail, offence=offence) from None
+    assert stats is not None
+    try:
+        return check_sum(stats, sums, error=size * STATS_FORMAT.resolution)
+    except BadStatistics as exc:
+        raise GroupRefused("bad-stats", str(exc), offence=offence) from None
+
+
+def average_model(
+    layout: VectorLayout, words: np.ndarray, *, offence: bool
+) -> dict[str, np.ndarray]:
+    """The group's average tensors from the summed words; refuses ``bad-sum`` (beyond the
+    bound), an offence as ``offence`` says."""
+    try:
+        tensors, _ = decode_sum(layout, words)
+    except OutOfRange as exc:
+        raise GroupRefused("bad-sum", exc.detail, offence=offence) from None
+    return tensors
+
+
+def check_length(msg: WordsMessage, layout: VectorLayout, reason: str) -> None:
     """A vector of any other length than the layout's is refused with ``reason``."""
     if msg.words.shape != (layout.length,):
         raise GroupRefused(reason, f"{msg.words.size} words, the layout has {layout.length}")

@@ -16,13 +16,15 @@ Invariants:
   during the round), screened as one received model (``ModelMerger.apply_average``); one that
   screening refuses, or a far outlier, is not merged, and nobody is blamed: the sum does not
   say who poisoned it.
+- A task with consortium statistics sums them first (docs/protocol.md 16.1): we rebase our
+  snapshot to the group's average statistics (``Learner.rebase``) and contribute that; we
+  adopt the average statistics only with the average model, never after a failed round.
 - Every wait is under a deadline (``node/limits.py``): the control deadline for the dial, the
   invite and the join, and for the keys; the transfer deadline of the masked vector's size for
-  shares and the sum; the whole round within ``exchange_timeout``. A remote's protocol fault is
-  charged through ``Admission.charge``; a deadline missed by a member after every member
-  joined is an offence ``timeout``, as in the pairwise exchange.
-- Tasks with consortium statistics cannot average in groups yet (docs/protocol.md 16.7): a
-  node refuses to turn secure averaging on for them, and declines invites ``incompatible``.
+  shares and the sum (and of the statistics vector's size for theirs); the whole round within
+  ``exchange_timeout``. A remote's protocol fault is charged through ``Admission.charge``; a
+  deadline missed by a member after every member joined is an offence ``timeout``, as in the
+  pairwise exchange.
 """
 
 from __future__ import annotations
@@ -41,24 +43,25 @@ from gossiplearn.crypto.fixedpoint import OutOfRange
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import LocalProtocolError, RemoteProtocolError, TransportError, UserError
 from gossiplearn.gossip.exchange import Refused
-from gossiplearn.gossip.group import ENDED, Completed, GroupResult, LeaderRound
+from gossiplearn.gossip.group import ENDED, Completed, GroupResult, LeaderRound, StatsAverage
 from gossiplearn.gossip.group_messages import (
     MAX_GROUP,
     MIN_GROUP,
     GroupAbort,
     GroupKeys,
     GroupMessage,
+    GroupStatsSum,
     GroupSum,
     words_limits,
 )
-from gossiplearn.gossip.group_rules import GroupRefused, layout_of
+from gossiplearn.gossip.group_rules import GroupRefused, layout_of, stats_layout_of
 from gossiplearn.gossip.merge import measure
 from gossiplearn.peer.net.framed import offload
 from gossiplearn.peer.net.transport import Stream
 from gossiplearn.peer.node.config import GroupSettings
 from gossiplearn.peer.node.exchanges import ExchangeDriver
 from gossiplearn.peer.node.group_links import Link, Stopped, each, leader_abort
-from gossiplearn.peer.node.group_member import CONTROL, WHAT, WITH_STATISTICS, GroupMember
+from gossiplearn.peer.node.group_member import CONTROL, WHAT, GroupMember
 from gossiplearn.peer.node.limits import transfer_timeout
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,8 @@ class GroupDriver:
     pairwise driver. ``identity``: the node's own (it signs our ephemeral keys); without one
     the node neither leads nor answers group rounds.
 
-    Raises ``UserError`` for settings a person must change (a task with statistics, a size out
-    of range) and ``LocalProtocolError`` for wiring that cannot work (no or another identity)."""
+    Raises ``UserError`` for settings a person must change (a size out of range) and
+    ``LocalProtocolError`` for wiring that cannot work (no or another identity)."""
 
     def __init__(
         self,
@@ -93,11 +96,6 @@ class GroupDriver:
         if settings.enabled:
             if identity is None:
                 raise LocalProtocolError("secure averaging needs the node's identity")
-            if pairwise.learner.stats_layout is not None:
-                raise UserError(
-                    f"{WITH_STATISTICS}; turn privacy.secure_averaging off for this task, "
-                    "or use a task without statistics"
-                )
             if not MIN_GROUP <= settings.size <= MAX_GROUP:
                 raise UserError(
                     f"privacy.group_size must be {MIN_GROUP} to {MAX_GROUP}, not {settings.size}"
@@ -116,6 +114,9 @@ class GroupDriver:
         self.control_timeout = pairwise.control_timeout
         self.words_limits = words_limits(layout_of(self.local).length)
         self.transfer_timeout = transfer_timeout(self.config, self.words_limits.max_frame)
+        stats = stats_layout_of(self.local)  # the statistics' phase, for a task with them
+        self.stats_limits = words_limits(0 if stats is None else stats.length)
+        self.stats_timeout = transfer_timeout(self.config, self.stats_limits.max_frame)
         self.member = None if identity is None else GroupMember(self, identity)
 
     # ---- leader
@@ -135,26 +136,37 @@ class GroupDriver:
         members = self.rng.sample(candidates, self.settings.size - 1)
         self.slot.take()
         try:
+            own_stats = self.learner.statistics()  # only merges move it, and we hold the slot
             snapshot = await self.learner.snapshot()
             try:  # in the trio thread: it draws the round id from our rng
                 rnd = LeaderRound(
-                    self.local, self.identity, members, rng=self.rng, tensors=snapshot
+                    self.local,
+                    self.identity,
+                    members,
+                    rng=self.rng,
+                    tensors=snapshot,
+                    stats=own_stats,
                 )
             except OutOfRange as exc:
                 log.warning("our model cannot be averaged securely: %s", exc)
                 return self.skip(exc.reason)
             self.stats.group.led += 1
-            return await self._lead(rnd, snapshot, members)
+            return await self._lead(rnd, snapshot, own_stats, members)
         finally:
             self.slot.release()
 
     async def _lead(
-        self, rnd: LeaderRound, snapshot: Mapping[str, np.ndarray], members: Sequence[str]
+        self,
+        rnd: LeaderRound,
+        snapshot: Mapping[str, np.ndarray],
+        own_stats: np.ndarray | None,
+        members: Sequence[str],
     ) -> GroupOutcome:
         links: dict[str, Link] = {}
         lock = trio.Lock()  # the round takes one message at a time (big ones in a thread)
-        out: list[GroupKeys | Completed] = []
+        out: list[GroupKeys | StatsAverage | Completed] = []
         joined = False
+        contributed = snapshot  # what we add to the sum: rebased, for a task with statistics
 
         async def feed(peer: str, msg: GroupMessage) -> None:
             async with lock:
@@ -174,7 +186,7 @@ class GroupDriver:
                 )
             links[peer] = Link(stream)
             with trio.CancelScope(shield=True), trio.fail_after(self.control_timeout):
-                await links[peer].send(rnd.invite())  # whole: see send_keys
+                await links[peer].send(rnd.invite())  # whole: see send_whole
             with trio.fail_after(self.control_timeout):
                 msg = await links[peer].receive(CONTROL)
             await feed(peer, msg)
@@ -184,10 +196,16 @@ class GroupDriver:
                 msg = await links[peer].receive(self.words_limits)
             await feed(peer, msg)
 
-        async def send_keys(msg: GroupKeys, peer: str) -> None:
+        async def stats_share(peer: str) -> None:
+            with trio.fail_after(self.stats_timeout):
+                msg = await links[peer].receive(self.stats_limits)
+            await feed(peer, msg)
+
+        async def send_whole(msg: GroupKeys | GroupStatsSum, peer: str) -> None:
             # Shielded from another member's failure (under its own deadline): a frame cut in
             # half reads as garbage, and its receiver would charge us for it.
-            with trio.CancelScope(shield=True), trio.fail_after(self.control_timeout):
+            wait = self.control_timeout if isinstance(msg, GroupKeys) else self.stats_timeout
+            with trio.CancelScope(shield=True), trio.fail_after(wait):
                 await links[peer].send(msg)
 
         async def send_sum(peer: str, msg: GroupSum) -> None:
@@ -204,7 +222,16 @@ class GroupDriver:
                 keys = out.pop()
                 assert isinstance(keys, GroupKeys)
                 joined = True
-                await each(members, functools.partial(send_keys, keys))
+                await each(members, functools.partial(send_whole, keys))
+                if own_stats is not None:  # the statistics first; then ours, rebased to theirs
+                    await each(members, stats_share)
+                    average = out.pop()
+                    assert isinstance(average, StatsAverage) and average.sum is not None
+                    await each(members, functools.partial(send_whole, average.sum))
+                    contributed = await self.learner.rebase(snapshot, own_stats, average.stats)
+                    async with lock:
+                        got = await offload(self.local.model_bytes, rnd.contribute, contributed)
+                    assert got is None  # no member's model share has been read yet
                 await each(members, share)
             done = out.pop()
             assert isinstance(done, Completed)
@@ -218,17 +245,20 @@ class GroupDriver:
                 for peer, link in links.items():
                     nursery.start_soon(link.abort, None if peer in stop.peers else abort)
             return self.abandon(reason)
-        except trio.TooSlowError:
+        except (trio.TooSlowError, OutOfRange) as exc:  # a deadline, or our rebased model
+            reason = exc.reason if isinstance(exc, OutOfRange) else "timeout"
+            if isinstance(exc, OutOfRange):
+                log.warning("our rebased model cannot be averaged securely: %s", exc)
             async with trio.open_nursery() as nursery:
                 for link in links.values():
-                    nursery.start_soon(link.abort, leader_abort(rnd, "timeout"))
-            return self.abandon("timeout")
+                    nursery.start_soon(link.abort, leader_abort(rnd, reason))
+            return self.abandon(reason)
         finally:
             for link in links.values():
                 self.stats.count_bytes(link.framed)
         for link in links.values():
             await link.close()
-        return await self.adopt(snapshot, done.result, members)
+        return await self.adopt(contributed, done.result, members)
 
     async def _settle(self, stop: Stopped, rnd: LeaderRound, *, joined: bool) -> str:
         """Charge what ended a round we lead; the reason the round is abandoned for."""
@@ -265,12 +295,17 @@ class GroupDriver:
     # ---- both
 
     async def adopt(
-        self, snapshot: Mapping[str, np.ndarray], result: GroupResult, partners: Sequence[str]
+        self, contributed: Mapping[str, np.ndarray], result: GroupResult, partners: Sequence[str]
     ) -> GroupOutcome:
-        """Merge the group's average against our ``snapshot``, screened."""
-        measures = await offload(self.local.model_bytes, measure, snapshot, result.tensors)
+        """Merge the group's average against the snapshot we ``contributed`` (for a task with
+        statistics: rebased to the group's average statistics, which we adopt with it),
+        screened."""
+        measures = await offload(self.local.model_bytes, measure, contributed, result.tensors)
+        merger = self.pairwise.merger
         try:
-            applied = await self.pairwise.merger.apply_average(snapshot, result.tensors, measures)
+            applied = await merger.apply_average(
+                contributed, result.tensors, measures, result.stats
+            )
         except Refused as exc:
             log.warning("not merging the average of a group of %d: %s", result.size, exc)
             return self.abandon("screened")

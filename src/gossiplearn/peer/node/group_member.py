@@ -8,14 +8,17 @@ Invariants:
 - We answer at most one invite per round id (``RecentRounds``): a replay is refused.
 - Nothing is merged unless the leader's sum arrived and checked out; any other end sends the
   leader a GroupAbort (best-effort) once we have joined.
-- An honest leader keeps its own deadlines, so we wait for its keys and its sum up to about
+- An honest leader keeps its own deadlines, so we wait for its keys and its sums up to about
   twice as long as it waits for us; past that it is an offence ``timeout``.
+- For a task with statistics we contribute our snapshot rebased to the group's average
+  statistics, and adopt those only with the average model (``GroupDriver.adopt``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,13 +27,14 @@ import trio
 from gossiplearn.crypto.fixedpoint import OutOfRange
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import RemoteProtocolError, TransportError
-from gossiplearn.gossip.group import GroupResult, MemberRound
+from gossiplearn.gossip.group import GroupResult, MemberRound, StatsAverage
 from gossiplearn.gossip.group_messages import (
     GroupDecline,
     GroupInvite,
     GroupLimits,
     GroupMessage,
     GroupShare,
+    GroupStatsShare,
 )
 from gossiplearn.gossip.group_rules import GroupRefused
 from gossiplearn.peer.net.framed import offload
@@ -43,9 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTROL = GroupLimits()  # invite, join, decline, keys, abort
-WITH_STATISTICS = (
-    "secure averaging is not yet available for tasks with consortium statistics (tabular contracts)"
-)
 WHAT = "group round message"  # what Admission.charge says it refused
 KEYS_WAIT = 3  # control deadlines: the leader dials and hears every member within two
 SUM_WAIT = 2  # transfer deadlines: the leader hears every share, then sends the sum
@@ -75,21 +76,21 @@ class GroupMember:
                 if isinstance(invite, GroupInvite):
                     self.answered.add(invite.round_id)  # raises GroupRefused for a replay
                 # decide and take the slot with no checkpoint in between
-                joins = d.learner.stats_layout is None
-                busy = d.slot.busy or d.admission.over_fair_share(peer) or not joins
+                busy = d.slot.busy or d.admission.over_fair_share(peer)
                 snapshot: dict[str, np.ndarray] = {}
+                stats = None
                 if not busy and not d.slot.closing:
                     d.slot.take()
                     took = True
+                    stats = d.learner.statistics()  # only merges move it: we hold the slot
                     snapshot = await d.learner.snapshot()
                 answer = await offload(
                     d.local.model_bytes,
                     functools.partial(rnd.receive_invite, invite, sender=peer, tensors=snapshot),
+                    stats=stats,
                     busy=not took,
                     closing=d.slot.closing,
                 )
-                if not joins and isinstance(answer, GroupDecline) and answer.reason == "busy":
-                    answer = GroupDecline(answer.round_id, "incompatible", WITH_STATISTICS)
                 d.view.mark_connected(peer, trio.current_time())
                 with trio.fail_after(d.control_timeout):
                     await link.send(answer)
@@ -99,12 +100,12 @@ class GroupMember:
                     return
                 joined = True
                 d.stats.group.joined += 1
-                result = await self._take_part(link, rnd)
+                taken = await self._take_part(link, rnd, snapshot, stats)
             await link.close()
-            if result is None:
+            if taken is None:
                 d.abandon("aborted")
             else:
-                await d.adopt(snapshot, result, (peer,))
+                await d.adopt(taken[1], taken[0], (peer,))
         except (TransportError, trio.TooSlowError) as exc:
             reason = "timeout" if isinstance(exc, trio.TooSlowError) else "dropout"
             log.info("group round of %s failed: %r", peer, exc)
@@ -129,13 +130,33 @@ class GroupMember:
             if took:
                 d.slot.release()
 
-    async def _take_part(self, link: Link, rnd: MemberRound) -> GroupResult | None:
-        """After our join: the keys, our share, the sum. The result, or None when the leader
-        aborted."""
+    async def _take_part(
+        self,
+        link: Link,
+        rnd: MemberRound,
+        snapshot: Mapping[str, np.ndarray],
+        stats: np.ndarray | None,
+    ) -> tuple[GroupResult, Mapping[str, np.ndarray]] | None:
+        """After our join: the keys, our share (with statistics: the statistics' share, their
+        sum, our model rebased to their average), the sum. The result and the snapshot we
+        contributed, or None when the leader aborted."""
         d = self.driver
         with trio.fail_after(KEYS_WAIT * d.control_timeout):
             keys = await link.receive(CONTROL)
         share = await self._feed(rnd, keys)
+        contributed = snapshot
+        if isinstance(share, GroupStatsShare):
+            assert stats is not None
+            with trio.fail_after(d.stats_timeout):
+                await link.send(share)
+            with trio.fail_after(SUM_WAIT * d.stats_timeout):
+                heard = await link.receive(d.stats_limits)
+            average = await self._feed(rnd, heard)
+            if average is None:
+                return None
+            assert isinstance(average, StatsAverage)
+            contributed = await d.learner.rebase(snapshot, stats, average.stats)
+            share = await offload(d.local.model_bytes, rnd.contribute, contributed)
         if share is None:
             return None
         assert isinstance(share, GroupShare)
@@ -145,9 +166,11 @@ class GroupMember:
             final = await link.receive(d.words_limits)
         result = await self._feed(rnd, final)
         assert result is None or isinstance(result, GroupResult)
-        return result
+        return None if result is None else (result, contributed)
 
-    async def _feed(self, rnd: MemberRound, msg: GroupMessage) -> GroupShare | GroupResult | None:
+    async def _feed(
+        self, rnd: MemberRound, msg: GroupMessage
+    ) -> GroupShare | GroupStatsShare | StatsAverage | GroupResult | None:
         """``rnd.receive(msg)``; masking and decoding a big model in a thread."""
         return await offload(self.driver.local.model_bytes, rnd.receive, msg)
 

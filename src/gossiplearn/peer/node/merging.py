@@ -89,15 +89,24 @@ class ModelMerger:
         snapshot: Mapping[str, np.ndarray],
         average: Mapping[str, np.ndarray],
         measures: Measures,
+        stats: np.ndarray | None = None,
     ) -> Applied:
         """Move our model to a secure group's ``average`` (``gossip.group``), as a delta
-        against the ``snapshot`` we contributed, screened as one received model. Raises
-        ``Refused`` (no offence: nobody can tell which member poisoned it) when screening
-        refuses it or it is a far outlier; nothing is applied then. Ages are not exchanged in
-        a group round: ours stays as it is."""
+        against the ``snapshot`` we contributed, screened as one received model. With
+        ``stats`` (the group's average statistics: ``snapshot`` and ``average`` are in their
+        coordinates) we first move to them, rebased as after a pairwise exchange, then apply
+        the delta there. Raises ``Refused`` (no offence: nobody can tell which member poisoned
+        it) when screening refuses it or it is a far outlier; nothing is applied then (nor the
+        statistics). Ages are not exchanged in a group round: ours stays as it is."""
         verdict = self.screen.assess(measures)
         if verdict.action is Action.REFUSE or verdict.far:
             raise Refused(verdict.reason, verdict.detail, offence=False)
+        if stats is not None:
+            # Statistics first, then the delta in their coordinates: with a full pull we land
+            # on the average itself, like every member, even where rebasing there and back is
+            # no identity (a column constant under our statistics, tasks/tabular.py). Training
+            # steps taken meanwhile are rebased with the model, under the trainer's lock.
+            await self.learner.merge(average, average, 0.0, stats)  # moves, adds nothing
         await self.learner.merge(snapshot, average, verdict.scale)
         clipped = verdict.detail if verdict.action is Action.CLIP else ""
         return Applied(MergeKind.AVERAGE, verdict.scale, clipped)
