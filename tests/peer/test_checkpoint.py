@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gossiplearn.errors import CheckpointError
 from gossiplearn.gossip.messages import WIRE_DTYPES
-from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
+from gossiplearn.gossip.stats import ExchangeCounters, GroupCounters, MetricPoint
 from gossiplearn.peer.home.checkpoint import (
     _HEADER,
     BAD_NAME,
@@ -116,6 +116,17 @@ counts = st.integers(0, 2**62)
         st.builds(MetricPoint, reals, counts, st.none() | reals, st.none() | reals), max_size=5
     ),
     consensus=st.lists(st.tuples(reals, reals), max_size=5),
+    group=st.builds(
+        GroupCounters,
+        led=counts,
+        joined=counts,
+        completed=counts,
+        declined_inbound=counts,
+        clipped=counts,
+        last_size=st.none() | st.integers(3, 16),
+        skipped=st.dictionaries(st.text(max_size=8), counts, max_size=3),
+        abandoned=st.dictionaries(st.text(max_size=8), counts, max_size=3),
+    ),
     order=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8),
     rng_state=st.binary(max_size=64),
     created=reals,
@@ -127,6 +138,7 @@ def test_round_trip(
     counters: ExchangeCounters,
     history: list[MetricPoint],
     consensus: list[tuple[float, float]],
+    group: GroupCounters,
     order: list[int],
     rng_state: bytes,
     created: float,
@@ -144,7 +156,7 @@ def test_round_trip(
             order=np.array(order, dtype=np.int64),
             position=1,
         ),
-        node=NodeState(counters, 1, 2, tuple(history), tuple(consensus), age_offset),
+        node=NodeState(counters, 1, 2, tuple(history), tuple(consensus), age_offset, group),
     )
     assert_same(decode_checkpoint(encode_checkpoint(cp)), cp)
 
@@ -157,6 +169,17 @@ def test_a_checkpoint_without_a_model_age_reads_as_age_offset_0() -> None:
     raw = msgpack.packb(body, use_bin_type=True)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(raw), hashlib.sha256(raw).digest())
     assert decode_checkpoint(header + raw).node.age_offset == 0.0
+
+
+def test_a_checkpoint_without_group_counters_reads_as_no_rounds() -> None:
+    # checkpoints written before the group counters were kept have no "group"
+    data = encode_checkpoint(small_checkpoint())
+    body = msgpack.unpackb(data[_HEADER.size :], raw=False)
+    assert body["group"]["completed"] == 0
+    del body["group"]
+    raw = msgpack.packb(body, use_bin_type=True)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(raw), hashlib.sha256(raw).digest())
+    assert decode_checkpoint(header + raw).node.group == GroupCounters()
 
 
 def test_every_truncation_is_detected() -> None:

@@ -46,7 +46,10 @@ from gossiplearn.gossip.messages import (
     encoded_model_size,
     specs_of,
 )
+from gossiplearn.peer.home.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
 from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingConfig
+from gossiplearn.peer.home.resume import node_state, resume_node
+from gossiplearn.peer.learning.state import TrainerState
 from gossiplearn.peer.net.framed import FramedStream
 from gossiplearn.peer.net.transport import MemoryNetwork, MemoryTransport, Stream
 from gossiplearn.peer.node.config import GroupSettings
@@ -539,6 +542,37 @@ async def test_pairwise_exchanges_and_group_rounds_exclude_each_other(
         await link.stream.reset()
         await until(lambda: not node.busy)
         assert group_of(node)["declined_inbound"] == 1
+
+
+# ------------------------------------------------------------------------------ restarts
+
+
+async def test_group_counters_survive_a_checkpoint_and_a_restart(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with network() as net:
+        nodes = [await net.node(i) for i in range(3)]
+        know(nodes[0], nodes[1].peer_id)
+        assert await nodes[0].groups.lead() is GroupOutcome.SKIPPED  # one neighbour
+        know(nodes[0], nodes[2].peer_id)
+        assert await nodes[0].groups.lead() is GroupOutcome.COMPLETED
+        await until(lambda: all(group_of(n)["completed"] == 1 for n in nodes))
+        counted = group_of(nodes[0])
+        assert counted["skipped"] == {"not-enough-neighbours": 1} and counted["led"] == 1
+
+        trainer = TrainerState(b"f" * 32, 0, 0, {}, {}, b"", np.zeros(0, np.int64))
+        saved = Checkpoint(0.0, trainer, node_state(nodes[0]))
+        state = decode_checkpoint(encode_checkpoint(saved)).node
+        again = Node(  # the same peer, started again (not yet running: resume_node's rule)
+            net.network.transport(IDS[5].peer_id),
+            VectorLearner(model(0.0), 10),
+            NodeConfig(gossip=QUIET, training=NO_TRAINING, group=GroupSettings(True, 3)),
+            rng=random.Random(0),
+            identity=IDS[5],
+        )
+        resume_node(again, state)
+        assert group_of(again) == counted
+        assert again.stats.group is not state.group  # its own tables, to count on
 
 
 # ------------------------------------------------------------------------------ the gossip loop

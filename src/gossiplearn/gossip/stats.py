@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(slots=True)
@@ -34,6 +34,24 @@ class ExchangeCounters:
     def refuse(self, reason: str) -> None:
         self.refused += 1
         self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
+
+
+@dataclass(slots=True)
+class GroupCounters:
+    """Secure group rounds (docs/protocol.md 16), as leader and as member."""
+
+    led: int = 0  # rounds we started (invites sent)
+    joined: int = 0  # invites we joined
+    completed: int = 0  # rounds whose average we merged, in either role
+    declined_inbound: int = 0  # invites we declined (busy, closing, incompatible)
+    clipped: int = 0  # merged, but screening capped the average's pull
+    last_size: int | None = None  # members of the last completed round, us included
+    skipped: dict[str, int] = field(default_factory=dict)  # rounds not started, by reason
+    abandoned: dict[str, int] = field(default_factory=dict)  # rounds ended unmerged, by reason
+
+    def copy(self) -> GroupCounters:
+        """A copy that shares no table with this one."""
+        return replace(self, skipped=dict(self.skipped), abandoned=dict(self.abandoned))
 
 
 @dataclass(frozen=True, slots=True)

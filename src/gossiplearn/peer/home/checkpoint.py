@@ -6,9 +6,11 @@ File layout (all integers big-endian)::
 
 The body is a msgpack map (never pickle): model tensors and SGD momentum buffers are encoded
 as the wire codec encodes tensors (name, dtype, shape, little-endian bytes); the batch-order
-generator state and permutation as raw bytes; counters, bytes and histories as plain values;
-the privacy ledger as ``Ledger.to_state`` gives it, with the count of steps trained without
-differential privacy (both absent in checkpoints written before privacy).
+generator state and permutation as raw bytes; counters, bytes and histories as plain values
+(the secure group rounds' counters under ``group``, absent in checkpoints written before they
+were kept: they read as zero); the privacy ledger as ``Ledger.to_state`` gives it, with the
+count of steps trained without differential privacy (both absent in checkpoints written before
+privacy).
 
 Invariants:
 - ``decode_checkpoint`` raises ``CheckpointError`` and nothing else, whatever the bytes: a
@@ -31,7 +33,7 @@ import math
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ import numpy as np
 from gossiplearn.crypto.privacy import Ledger
 from gossiplearn.errors import CheckpointError, DecodeError
 from gossiplearn.gossip.messages import Limits, decode_tensor, encode_tensor
-from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint
+from gossiplearn.gossip.stats import ExchangeCounters, GroupCounters, MetricPoint
 from gossiplearn.peer.home.files import write_atomic
 from gossiplearn.peer.learning.state import TrainerState
 
@@ -55,6 +57,8 @@ PREVIOUS_NAME = "checkpoint.prev.glc"
 BAD_NAME = "checkpoint.bad.glc"
 _ORDER_DTYPE = np.dtype("<i8")
 _COUNTER_FIELDS = tuple(f.name for f in fields(ExchangeCounters) if f.name != "refused_by_reason")
+_GROUP_COUNTS = ("led", "joined", "completed", "declined_inbound", "clipped")
+_GROUP_TABLES = ("skipped", "abandoned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class NodeState:
     history: tuple[MetricPoint, ...]
     consensus: tuple[tuple[float, float], ...]  # (unix time, consensus distance)
     age_offset: float = 0.0  # the model's age minus the trainer's samples_seen (``Node``)
+    group: GroupCounters = field(default_factory=GroupCounters)  # secure group rounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,7 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
             ],
             "consensus": [[time, distance] for time, distance in n.consensus],
             "age_offset": float(n.age_offset),
+            "group": _group_body(n.group),
             **({"task": t.task} if t.task else {}),
             **({"stats": encode_tensor("stats", t.stats)} if t.stats is not None else {}),
             **(
@@ -203,10 +209,37 @@ def _decode_body(raw: Any, size: int) -> Checkpoint:
         history=tuple(history),
         consensus=tuple(consensus),
         age_offset=_real(raw.get("age_offset", 0.0)),  # absent in checkpoints before adoption
+        group=_group(raw["group"]) if "group" in raw else GroupCounters(),  # absent before
     )
     if not math.isfinite(node.age_offset):
         raise CheckpointError("undecodable: the model age is not finite")
     return Checkpoint(created=_real(raw.get("created")), trainer=trainer, node=node)
+
+
+def _group_body(g: GroupCounters) -> dict[str, Any]:
+    body: dict[str, Any] = {name: getattr(g, name) for name in _GROUP_COUNTS}
+    body["last_size"] = g.last_size
+    body |= {name: dict(getattr(g, name)) for name in _GROUP_TABLES}
+    return body
+
+
+def _group(raw: Any) -> GroupCounters:
+    """The group counters of a checkpoint (a counter added later starts at 0)."""
+    if not isinstance(raw, dict):
+        raise CheckpointError("undecodable: field 'group' must be dict")
+    g = GroupCounters()
+    for name in _GROUP_COUNTS:
+        if name in raw:
+            setattr(g, name, _count(raw, name))
+    if raw.get("last_size") is not None:
+        g.last_size = _count(raw, "last_size")
+    for name in _GROUP_TABLES:
+        table = _get(raw, name, dict) if name in raw else {}
+        for reason, count in table.items():
+            if not isinstance(reason, str) or not _is_count(count):
+                raise CheckpointError(f"undecodable: bad group {name} entry")
+            getattr(g, name)[reason] = count
+    return g
 
 
 def _bad(key: str) -> Any:

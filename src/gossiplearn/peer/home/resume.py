@@ -125,6 +125,7 @@ def node_state(node: Node) -> NodeState:
         history=st.history,
         consensus=st.consensus,
         age_offset=node.merger.age_offset,
+        group=st.group,
     )
 
 
@@ -137,6 +138,7 @@ def resume_node(node: Node, state: NodeState) -> None:
             bytes_received=state.bytes_received,
             history=state.history,
             consensus=state.consensus,
+            group=state.group,
         )
     )
     node.merger.age_offset = state.age_offset

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from gossiplearn.gossip.messages import ModelOffer
-from gossiplearn.gossip.stats import ExchangeCounters, MetricPoint, MetricsHistory, NeighbourStats
+from gossiplearn.gossip.stats import (
+    ExchangeCounters,
+    GroupCounters,
+    MetricPoint,
+    MetricsHistory,
+    NeighbourStats,
+)
 
 CONSENSUS_POINTS = 256  # consensus distances remembered (the status shows the last 60)
 
@@ -35,20 +41,7 @@ class StatsState:
     bytes_received: int
     history: tuple[MetricPoint, ...]
     consensus: tuple[tuple[float, float], ...]  # (unix time, consensus distance)
-
-
-@dataclass
-class GroupCounters:
-    """Secure group rounds (docs/protocol.md 16), as leader and as member."""
-
-    led: int = 0  # rounds we started (invites sent)
-    joined: int = 0  # invites we joined
-    completed: int = 0  # rounds whose average we merged, in either role
-    declined_inbound: int = 0  # invites we declined (busy, closing, incompatible)
-    clipped: int = 0  # merged, but screening capped the average's pull
-    last_size: int | None = None  # members of the last completed round, us included
-    skipped: dict[str, int] = field(default_factory=dict)  # rounds not started, by reason
-    abandoned: dict[str, int] = field(default_factory=dict)  # rounds ended unmerged, by reason
+    group: GroupCounters = field(default_factory=GroupCounters)  # secure group rounds
 
 
 @dataclass
@@ -68,7 +61,7 @@ class NodeStats:
     streams_refused: dict[str, int] = field(default_factory=dict)  # by reason
     offences: dict[str, int] = field(default_factory=dict)  # by reason
     incompatible: dict[str, str] = field(default_factory=dict)  # peer → why (latest)
-    group: GroupCounters = field(default_factory=GroupCounters)  # not checkpointed (yet)
+    group: GroupCounters = field(default_factory=GroupCounters)
 
     @staticmethod
     def bump(table: dict[str, int], reason: str) -> None:
@@ -120,6 +113,7 @@ class NodeStats:
             bytes_received=self.bytes_received,
             history=tuple(self.history.points),
             consensus=tuple(self.consensus),
+            group=self.group.copy(),
         )
 
     def restore(self, state: StatsState) -> None:
@@ -130,6 +124,7 @@ class NodeStats:
         for point in state.history:
             self.history.add(point)
         self.consensus.extend(state.consensus)
+        self.group = state.group.copy()
 
 
 def _copy(counters: ExchangeCounters) -> ExchangeCounters:
