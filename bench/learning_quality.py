@@ -38,10 +38,10 @@ import torch
 import trio
 import trio.testing
 
-from bench.plots import pyplot as plt
 from bench.report import Section
 from gossiplearn.gossip.messages import encoded_model_size
 from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
+from gossiplearn.peer.home.privacy import PrivacyConfig
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.peer.sim import InlineLearner, build_simulation
 from gossiplearn.tasks.base import Task, TaskOptions
@@ -167,11 +167,21 @@ def gossip_curve(
 
 
 def fedavg_curve(
-    n: int, partition: str, seed: int, rounds: int = ROUNDS, local_steps: int = LOCAL_STEPS
+    n: int,
+    partition: str,
+    seed: int,
+    rounds: int = ROUNDS,
+    local_steps: int = LOCAL_STEPS,
+    *,
+    training: TrainingConfig = TRAINING,
+    privacy: PrivacyConfig | None = None,
 ) -> Curve:
+    """``privacy`` with ``dp``: every client trains with DP-SGD (its own budget over its
+    ``training.max_steps`` steps, kept across rounds); the server averages what they send."""
     torch.manual_seed(seed)
     trainers = [
-        Trainer(t, TRAINING, seed=1000 * seed + i) for i, t in enumerate(_tasks(n, partition, seed))
+        Trainer(t, training, seed=1000 * seed + i, privacy=privacy)
+        for i, t in enumerate(_tasks(n, partition, seed))
     ]
     weights = np.array([t.samples for t in trainers], dtype=np.float64)
     weights /= weights.sum()
@@ -264,6 +274,9 @@ def equal_bytes_gap(gossip: Curve, fedavg: Curve) -> float:
 
 def _plot(outcomes: list[Outcome], folder: Path) -> list[tuple[str, str]]:
     """One PNG per partition (the largest N, first seed): accuracy against traffic per peer."""
+    # imported here: the benchmarks that reuse this module's baselines need no matplotlib
+    from bench.plots import pyplot as plt  # noqa: PLC0415
+
     images = []
     n, seed = max(SIZES), SEEDS[0]
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import torch
 from gossiplearn.gossip.messages import fingerprint, specs_of
 from gossiplearn.peer.home.config import TrainingConfig
 from gossiplearn.peer.home.modelfile import load_model
+from gossiplearn.peer.home.privacy import PrivacyConfig
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import Dataset, Task, TaskOptions
 from gossiplearn.tasks.digits import make_task, union_of_shards
@@ -35,8 +36,15 @@ def saved_model_accuracy(path: Path, task: Task, config: TrainingConfig) -> tupl
     return _test_accuracy(trainer, task.test), saved.steps
 
 
-def local_only_accuracy(task: Task, config: TrainingConfig, steps: int, seed: int) -> float:
-    trainer = Trainer(task, config, seed=seed)
+def local_only_accuracy(
+    task: Task,
+    config: TrainingConfig,
+    steps: int,
+    seed: int,
+    privacy: PrivacyConfig | None = None,
+) -> float:
+    """``privacy`` with ``dp``: DP-SGD, its budget planned over ``config.max_steps``."""
+    trainer = Trainer(task, config, seed=seed, privacy=privacy)
     trainer.train_steps(steps)
     assert task.test is not None
     return _test_accuracy(trainer, task.test)

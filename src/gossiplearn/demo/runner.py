@@ -336,6 +336,7 @@ def _summarise(
         if any(final)
         else 0.0,
         "final_consensus_distance": max(distances) if distances else None,
+        "statuses": final,  # every peer's last status (None: it did not answer)
     }
     t = Table(title="test accuracy (common held-out digits test set)", title_justify="left")
     t.add_column("")
