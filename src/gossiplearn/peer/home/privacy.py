@@ -74,8 +74,8 @@ class PrivacyConfig:
     secure_averaging: bool = setting(
         False,
         "average models in groups of `group_size` peers under pairwise masks, so that no peer "
-        "sees another's model, only the group's sum; this peer then never exchanges its model "
-        "pairwise (not for tasks with consortium statistics: tabular contracts)",
+        "sees another's model (nor, for a tabular contract, its statistics), only the group's "
+        "sum; this peer then never exchanges its model pairwise",
     )
     group_size: int = setting(
         3,

@@ -50,6 +50,7 @@ CONTROL = GroupLimits()  # invite, join, decline, keys, abort
 WHAT = "group round message"  # what Admission.charge says it refused
 KEYS_WAIT = 3  # control deadlines: the leader dials and hears every member within two
 SUM_WAIT = 2  # transfer deadlines: the leader hears every share, then sends the sum
+# (after a statistics phase, plus one statistics deadline: it sends every member their sum first)
 
 
 class GroupMember:
@@ -145,7 +146,10 @@ class GroupMember:
             keys = await link.receive(CONTROL)
         share = await self._feed(rnd, keys)
         contributed = snapshot
+        sum_wait = SUM_WAIT * d.transfer_timeout
         if isinstance(share, GroupStatsShare):
+            # the leader may still be sending the others their statistics' sum
+            sum_wait += d.stats_timeout
             assert stats is not None
             with trio.fail_after(d.stats_timeout):
                 await link.send(share)
@@ -162,7 +166,7 @@ class GroupMember:
         assert isinstance(share, GroupShare)
         with trio.fail_after(d.transfer_timeout):
             await link.send(share)
-        with trio.fail_after(SUM_WAIT * d.transfer_timeout):
+        with trio.fail_after(sum_wait):
             final = await link.receive(d.words_limits)
         result = await self._feed(rnd, final)
         assert result is None or isinstance(result, GroupResult)
