@@ -337,7 +337,7 @@ async def test_a_slow_drip_is_cut_off_and_a_stream_flood_gets_banned() -> None:
                 flood = await atk.attack(target.addr, "stream-flood")
         grew = growth(before, records(target.node))
         security = target.node.status()["security"]
-        print("stream-flood", flood.counts, grew, security["banned"])
+        print("stream-flood", flood.counts, flood.error, grew, security["banned"])
         assert grew["streams"]["too-many-streams"] >= 1, grew
         assert grew["offences"]["too-many-streams"] >= 1, grew
         assert security["bans"] == 1
