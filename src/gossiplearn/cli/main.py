@@ -126,14 +126,19 @@ def _setting_options(command: Callable[..., None]) -> Callable[..., None]:
 )
 def start(home: Path | None, log_level: str, **flags: Any) -> None:
     """Run this company's peer in the foreground until Ctrl-C or SIGTERM."""
-    from gossiplearn.peer.app import run_peer
     from gossiplearn.peer.home.config import resolve_home
     from gossiplearn.peer.home.home import Home
-    from gossiplearn.peer.node.node import Node
+    from gossiplearn.peer.preflight import preflight
 
     _setup_logging(log_level)
     overrides = start_overrides(flags)
     resolved = resolve_home(home)
+    try:
+        preflight(Home(resolved), overrides)  # a mistake is reported before torch loads
+    except UserError as exc:
+        _fail(exc)
+    from gossiplearn.peer.app import run_peer
+    from gossiplearn.peer.node.node import Node
 
     def ready(node: Node) -> None:
         click.echo(f"peer {node.peer_id} listening on:")

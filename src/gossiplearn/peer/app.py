@@ -34,10 +34,10 @@ from gossiplearn.peer.home.resume import (
 )
 from gossiplearn.peer.learning.learner import ThreadedLearner
 from gossiplearn.peer.learning.trainer import Trainer
-from gossiplearn.peer.net.addresses import parse_address
 from gossiplearn.peer.net.host import Libp2pTransport
 from gossiplearn.peer.node.config import GroupSettings
 from gossiplearn.peer.node.node import Node, NodeConfig
+from gossiplearn.peer.preflight import preflight
 from gossiplearn.peer.status import serve_model, serve_status
 from gossiplearn.tasks.base import Task, TaskOptions
 from gossiplearn.tasks.partition import parse_partition, parse_shard
@@ -67,14 +67,6 @@ async def watch_members(home: Home, node: Node) -> None:
         if members != node.members:
             log.info("member list changed: %d member(s)", len(members))
             await node.update_members(members)
-
-
-def check_addresses(config: PeerConfig) -> None:
-    """Refuse an address we cannot use (``net.addresses``) before anything is built."""
-    for addr in config.network.listen:
-        parse_address(addr)
-    for addr in config.network.bootstrap:
-        parse_address(addr, need_peer_id=True)
 
 
 def task_name(config: PeerConfig) -> str:
@@ -120,11 +112,9 @@ async def run_peer(
 
     Raises ``UserError`` for set-up problems (no identity, bad config, home already in use).
     """
-    identity = home.identity()
     with home.lock():
-        config = home.config(overrides)
-        check_addresses(config)
-        key = home.consortium_key(config)
+        checked = preflight(home, overrides)
+        identity, config, key = checked.identity, checked.config, checked.key
         if key is None:
             log.warning(
                 "no consortium key: any host that can reach our port may connect "
