@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -168,12 +170,37 @@ def test_fixed_point_encodes_negative_values_in_twos_complement() -> None:
     assert MODEL_FORMAT.bound == 2.0**30 and STATS_FORMAT.bound == 2.0**46
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(-(2.0**42), 2.0**42) | st.floats(-1e-3, 1e-3), min_size=1, max_size=8
+    ),
+    g=st.integers(3, 16),
+)
+def test_statistics_take_two_words_each_and_sum_to_float64_precision(
+    values: list[float], g: int
+) -> None:
+    """The high word is ``floor(x · 2^16)``, the low word the next 32 bits: a sum of ``g``
+    members' values decodes within ``g · 2^-49`` of the exact sum, small values included
+    (where one word of 2^-16 would keep nothing of a column of values around 10^-3)."""
+    x = np.array(values)
+    words = STATS_FORMAT.encode(x)
+    assert words.shape == (2 * x.size,)
+    assert (words[x.size :].astype(np.uint64) <= np.uint64(2**32)).all()
+    total = masking.sum_words([words] * g, words.size)
+    exact = [math.fsum([v] * g) for v in values]
+    np.testing.assert_allclose(
+        STATS_FORMAT.decode(total), exact, rtol=1e-15, atol=g * STATS_FORMAT.resolution
+    )
+
+
 def test_the_layout_flattens_in_sorted_name_order_then_the_statistics() -> None:
     tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": -np.arange(4.0)}
     own = Contribution.of(LAYOUT, tensors, np.array([10.0, 20.0, 30.0]))
     words = own.encode(weight=1.0, stats_weight=1.0)
-    assert words.shape == (LAYOUT.length,) == (13,)
+    assert words.shape == (LAYOUT.length,) == (16,)  # two words a statistic
     assert list(MODEL_FORMAT.decode(words[:10])) == [0, -1, -2, -3, 0, 1, 2, 3, 4, 5]
+    assert list(words[10:13]) == [10 << 16, 20 << 16, 30 << 16] and not words[13:].any()
     back, stats = decode_sum(LAYOUT, words)
     assert back["w"].dtype == np.float32 and back["w"].shape == (2, 3)
     assert np.array_equal(back["w"], tensors["w"]) and np.array_equal(back["b"], tensors["b"])
@@ -241,3 +268,21 @@ def test_the_worked_example_of_protocol_md_16_8() -> None:
     assert list(masking.mask_words(seed, 2)) == [0x56869450B125F98B, 0x7A9A851EEA4AF122]
     assert masking.precedes(c.group[1], c.group[0])
     assert list(MODEL_FORMAT.encode(np.array([1.5, -0.25]))) == [0x180000000, 0xFFFFFFFFC0000000]
+    stats = masking.pair_seed(
+        keys[0],
+        c,
+        c.group[0],
+        c.group[1],
+        masking.public_bytes(keys[1]),
+        domain=masking.STATS_SEED_DOMAIN,
+    )
+    assert stats.hex() == "311c0450f938e5523d1b07d5444dd736ed1bed484b146aee58da17e40336760e"
+    assert list(masking.mask_words(stats, 2)) == [0xF3D2F91B29FFDAE7, 0x0BFD517E7A8BD79A]
+    assert list(STATS_FORMAT.encode(np.array([2.5, -0.25, 1 / 3]))) == [
+        0x28000,  # the high words: floor(x · 2^16)
+        0xFFFFFFFFFFFFC000,
+        0x5555,
+        0,  # the low words: the next 32 bits
+        0,
+        0x55555555,
+    ]

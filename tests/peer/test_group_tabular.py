@@ -126,7 +126,7 @@ async def test_three_tabular_members_end_on_the_average_statistics_and_the_rebas
         for s in after:
             assert s is not None
             np.testing.assert_array_equal(s, after[0])  # the same vector everywhere
-            np.testing.assert_allclose(s, average, rtol=1e-9, atol=3 * 2.0**-16)
+            np.testing.assert_allclose(s, average, rtol=1e-12)  # two words a value
             check(s, statistics_of(ts[0]).layout)
         for t in ts:
             for k, v in expected.items():
@@ -215,7 +215,7 @@ async def test_a_dropout_after_the_statistics_sum_leaves_models_and_statistics_u
 
         assert dropper.heard is not None  # the average was out: (1+2+4)/3 rows, ...
         np.testing.assert_allclose(
-            dropper.heard.stats, np.mean([*stats, dropper.stats], axis=0), atol=3 * 2.0**-16
+            dropper.heard.stats, np.mean([*stats, dropper.stats], axis=0), rtol=1e-12
         )
         assert group_of(nodes[0])["abandoned"] == {"dropout": 1}
         assert group_of(nodes[1])["abandoned"] == {"aborted": 1}

@@ -13,9 +13,13 @@ So a member's model becomes one uint64 vector:
   modulo 2^64, read back as int64 and divided by 2^F, is the sum of the values within
   ``g · 2^-(F+1)`` for ``g`` summands, as long as the true sum lies in [-2^63, 2^63).
 
-Two formats: tensors use ``F = 32`` (|x| ≤ 2^30 ≈ 1.07e9, resolution 2^-32 ≈ 2.3e-10); the
-statistics use ``F = 16`` (|x| ≤ 2^46 ≈ 7.0e13, resolution 2^-16 ≈ 1.5e-5), because they are
-sums over a member's rows (a column's sum of squares is large) while parameters are small.
+Two formats: tensors use ``F = 32`` (|x| ≤ 2^30 ≈ 1.07e9, resolution 2^-32 ≈ 2.3e-10), one
+word a value. The statistics are sums over a member's rows, from a column's sum of squares
+(large) to the sums of a column of values around 10^-3 (small), and the consortium's means and
+deviations are ratios of them: they need range and relative precision both. So they take two
+words a value (``SplitFixedPoint``): a high word with ``F = 16`` (|x| ≤ 2^46 ≈ 7.0e13) and a low
+word with the next 32 bits, a resolution of 2^-48 ≈ 3.6e-15, about float64's at the scale of
+the values that matter.
 
 Each member contributes ``weight · x``: its sample count over the group's total for tensors
 (the sum is then the sample-weighted average), ``1/g`` for statistics (sums are averaged
@@ -24,7 +28,8 @@ plainly, docs/protocol.md 7.8). The weights of a group sum to 1.
 Invariants:
 - Nothing is encoded that could make the group's sum wrap: every value must be finite and
   ``|x| ≤ bound = 2^(62−F)`` (``Contribution.of`` raises ``OutOfRange`` before any word is
-  made). With weights summing to 1 the sum is then within ``2^62 + g/2 < 2^63``.
+  made). With weights summing to 1 the sum is then within ``2^62 + g/2 < 2^63``; a low word is
+  below 2^32, so ``g ≤ 16`` of them sum below 2^36.
 - ``decode_sum`` refuses (``OutOfRange``) a sum beyond the bound: one that honest members
   cannot produce, so at least one of them broke the rule above.
 - Pure: numpy only; no randomness.
@@ -42,6 +47,7 @@ from gossiplearn.errors import GossipError, LocalProtocolError
 
 MODEL_FRACTION_BITS = 32
 STATS_FRACTION_BITS = 16
+STATS_EXTRA_BITS = 32  # the statistics' low word (SplitFixedPoint)
 WORD = np.dtype("<u8")  # a word on the wire: little-endian uint64
 
 
@@ -95,8 +101,52 @@ class FixedPoint:
         return signed.astype(np.float64) / 2.0**self.fraction_bits
 
 
+@dataclass(frozen=True, slots=True)
+class SplitFixedPoint:
+    """Two words a value: ``hi = floor(x · 2^F)`` as ``FixedPoint`` writes an int64, and
+    ``lo = round((x · 2^F − hi) · 2^E)`` in [0, 2^E], the next ``E`` bits. ``encode`` writes
+    the ``n`` high words, then the ``n`` low words; sums of both, modulo 2^64, decode to
+    ``Σhi / 2^F + Σlo / 2^(F+E)``. The range is ``FixedPoint(F)``'s, the resolution
+    ``2^-(F+E)``."""
+
+    fraction_bits: int  # F, of the high word
+    extra_bits: int  # E, of the low word (at most 32: g ≤ 16 low words never wrap)
+
+    @property
+    def high(self) -> FixedPoint:
+        return FixedPoint(self.fraction_bits)
+
+    @property
+    def bound(self) -> float:
+        return self.high.bound
+
+    @property
+    def resolution(self) -> float:
+        """One step of the low word: an encoded value is within half of it of the true one."""
+        return 2.0 ** -(self.fraction_bits + self.extra_bits)
+
+    def check(self, values: np.ndarray, what: str) -> None:
+        """Raise ``OutOfRange`` unless every value is finite and within ``bound``."""
+        self.high.check(values, what)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """The ``2n`` words of ``n`` float64 ``values`` that ``check`` accepted."""
+        scaled = np.asarray(values, dtype=np.float64) * 2.0**self.fraction_bits  # exact
+        hi = np.floor(scaled)
+        lo = np.rint((scaled - hi) * 2.0**self.extra_bits)  # both exact: lower mantissa bits
+        return np.concatenate([hi.astype(np.int64), lo.astype(np.int64)]).view(np.uint64)
+
+    def decode(self, words: np.ndarray) -> np.ndarray:
+        """Float64 values of summed words (``2n`` of them: the high, then the low)."""
+        signed = np.asarray(words, dtype=np.uint64).view(np.int64)
+        n = signed.size // 2
+        hi = signed[:n].astype(np.float64) / 2.0**self.fraction_bits
+        lo = signed[n:].astype(np.float64) / 2.0 ** (self.fraction_bits + self.extra_bits)
+        return hi + lo
+
+
 MODEL_FORMAT = FixedPoint(MODEL_FRACTION_BITS)
-STATS_FORMAT = FixedPoint(STATS_FRACTION_BITS)
+STATS_FORMAT = SplitFixedPoint(STATS_FRACTION_BITS, STATS_EXTRA_BITS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +187,8 @@ class VectorLayout:
 
     @property
     def length(self) -> int:
-        """Words in the whole vector (tensors, then statistics)."""
-        return self.model_length + (self.stats or 0)
+        """Words in the whole vector: the tensors, then two a statistic (``STATS_FORMAT``)."""
+        return self.model_length + 2 * (self.stats or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,7 @@ class LeaderRound(Round):
         if self.phase is not Phase.JOINING:
             raise LocalProtocolError(f"no invites once the round is {self.phase.value}")
         c = self.ctx
-        stats = None if self.stats_layout is None else self.stats_layout.length
+        stats = None if self.stats_layout is None else self.stats_layout.stats  # k, not words
         return GroupInvite(c.round_id, c.group, c.fingerprint, c.task, self._me.samples, stats)
 
     def receive(
