@@ -167,25 +167,27 @@ def test_fixed_point_encodes_negative_values_in_twos_complement() -> None:
     assert words.dtype == np.uint64
     assert list(words) == [2**64 - 2**32, 2**31, 2**64 - 1]
     assert list(MODEL_FORMAT.decode(words)) == [-1.0, 0.5, -(2.0**-32)]
-    assert MODEL_FORMAT.bound == 2.0**30 and STATS_FORMAT.bound == 2.0**46
+    assert MODEL_FORMAT.bound == 2.0**30 and STATS_FORMAT.bound == 2.0**110
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     values=st.lists(
-        st.floats(-(2.0**42), 2.0**42) | st.floats(-1e-3, 1e-3), min_size=1, max_size=8
+        st.floats(-(2.0**105), 2.0**105) | st.floats(-1e-3, 1e-3) | st.floats(-1e-9, 1e-9),
+        min_size=1,
+        max_size=8,
     ),
     g=st.integers(3, 16),
 )
-def test_statistics_take_two_words_each_and_sum_to_float64_precision(
+def test_statistics_take_five_words_each_and_sum_to_float64_precision(
     values: list[float], g: int
 ) -> None:
-    """The high word is ``floor(x · 2^16)``, the low word the next 32 bits: a sum of ``g``
-    members' values decodes within ``g · 2^-49`` of the exact sum, small values included
-    (where one word of 2^-16 would keep nothing of a column of values around 10^-3)."""
+    """The first word is ``floor(x · 2^-48)``, each next one the following 32 bits: a sum of
+    ``g`` members' values decodes to float64's precision, for a sum of squares of revenues
+    (10^18 and more) as for the sums of a column of rates (10^-9)."""
     x = np.array(values)
     words = STATS_FORMAT.encode(x)
-    assert words.shape == (2 * x.size,)
+    assert words.shape == (5 * x.size,)
     assert (words[x.size :].astype(np.uint64) <= np.uint64(2**32)).all()
     total = masking.sum_words([words] * g, words.size)
     exact = [math.fsum([v] * g) for v in values]
@@ -198,9 +200,11 @@ def test_the_layout_flattens_in_sorted_name_order_then_the_statistics() -> None:
     tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": -np.arange(4.0)}
     own = Contribution.of(LAYOUT, tensors, np.array([10.0, 20.0, 30.0]))
     words = own.encode(weight=1.0, stats_weight=1.0)
-    assert words.shape == (LAYOUT.length,) == (16,)  # two words a statistic
+    assert words.shape == (LAYOUT.length,) == (25,)  # five words a statistic
     assert list(MODEL_FORMAT.decode(words[:10])) == [0, -1, -2, -3, 0, 1, 2, 3, 4, 5]
-    assert list(words[10:13]) == [10 << 16, 20 << 16, 30 << 16] and not words[13:].any()
+    # the third words of the statistics hold their integer parts × 2^16
+    assert not words[10:16].any() and not words[19:].any()
+    assert list(words[16:19]) == [10 << 16, 20 << 16, 30 << 16]
     back, stats = decode_sum(LAYOUT, words)
     assert back["w"].dtype == np.float32 and back["w"].shape == (2, 3)
     assert np.array_equal(back["w"], tensors["w"]) and np.array_equal(back["b"], tensors["b"])
@@ -214,7 +218,7 @@ def test_the_layout_flattens_in_sorted_name_order_then_the_statistics() -> None:
         (-(2.0**31), 0.0, "out-of-range"),
         (np.nan, 0.0, "non-finite"),
         (np.inf, 0.0, "non-finite"),
-        (0.0, 2.0**47, "out-of-range"),
+        (0.0, 2.0**111, "out-of-range"),
         (0.0, -np.inf, "non-finite"),
     ],
 )
@@ -279,10 +283,19 @@ def test_the_worked_example_of_protocol_md_16_8() -> None:
     assert stats.hex() == "311c0450f938e5523d1b07d5444dd736ed1bed484b146aee58da17e40336760e"
     assert list(masking.mask_words(stats, 2)) == [0xF3D2F91B29FFDAE7, 0x0BFD517E7A8BD79A]
     assert list(STATS_FORMAT.encode(np.array([2.5, -0.25, 1 / 3]))) == [
-        0x28000,  # the high words: floor(x · 2^16)
-        0xFFFFFFFFFFFFC000,
+        0,  # the first words: floor(x · 2^-48)
+        0xFFFFFFFFFFFFFFFF,
+        0,
+        0,  # the second words: the next 32 bits
+        0xFFFFFFFF,
+        0,
+        0x28000,  # the third words
+        0xFFFFC000,
         0x5555,
-        0,  # the low words: the next 32 bits
+        0,  # the fourth words
         0,
         0x55555555,
+        0,  # the fifth words (the last, rounded)
+        0,
+        0x54000000,
     ]

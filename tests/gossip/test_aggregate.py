@@ -208,7 +208,7 @@ def test_check_sum_accepts_a_groups_rounded_average_and_makes_it_consistent(
     np.testing.assert_array_equal(check(out, LAYOUT), out)
     tolerance = g * fmt.resolution if fmt is COARSE else 1e-12
     np.testing.assert_allclose(out, np.mean(vectors, axis=0), rtol=1e-6, atol=tolerance)
-    if fmt is STATS_FORMAT:  # two words a value: float64's precision, for small sums too
+    if fmt is STATS_FORMAT:  # five words a value: float64's precision, for small sums too
         np.testing.assert_allclose(out, np.mean(vectors, axis=0), rtol=1e-12, atol=1e-12)
 
 

@@ -355,7 +355,7 @@ def test_statistics_that_cannot_be_encoded_stop_a_member_before_it_joins() -> No
     g = Group(3)
     with pytest.raises(OutOfRange):
         g.members[0].receive_invite(
-            g.invite, sender=PEERS[0], tensors=snapshot(1.0), stats=np.full(4, 2.0**47)
+            g.invite, sender=PEERS[0], tensors=snapshot(1.0), stats=np.full(4, 2.0**111)
         )
     assert g.members[0].phase is Phase.ABANDONED
 
@@ -368,7 +368,8 @@ def test_a_statistics_sum_that_is_no_valid_set_of_sums_is_refused_by_leader_and_
     shares = g.stats_shares(g.join_all())
     g.leader.receive(PEERS[1], wire(shares[0]))
     bad = shares[1].words.copy()
-    bad[0] -= np.uint64(1000 << 16)  # a member claims -3000 rows: the group's count goes < 0
+    k = SUMS.size  # the third words of the statistics hold their integer parts × 2^16
+    bad[2 * k] -= np.uint64(1000 << 16)  # a member claims -3000 rows: the group's count < 0
     exc = refused("bad-stats", g.leader.receive, PEERS[2], GroupStatsShare(shares[1].round_id, bad))
     assert exc.offence is False  # the sum does not say who lied
     assert g.leader.phase is Phase.ERROR
@@ -377,7 +378,7 @@ def test_a_statistics_sum_that_is_no_valid_set_of_sums_is_refused_by_leader_and_
     avg = g.stats_phase()
     assert avg.sum is not None
     inconsistent = avg.sum.words.copy()
-    inconsistent[3] = np.uint64(0)  # no sum of squares for a column with a mean
+    inconsistent[3 :: SUMS.size] = np.uint64(0)  # no sum of squares for a column with a mean
     exc = refused("bad-stats", g.members[0].receive, GroupStatsSum(avg.sum.round_id, inconsistent))
     assert exc.offence is True  # the leader checks the same: it should have refused it
     huge = np.full(SUMS.size, 2**63 - 1, np.uint64)

@@ -126,7 +126,7 @@ async def test_three_tabular_members_end_on_the_average_statistics_and_the_rebas
         for s in after:
             assert s is not None
             np.testing.assert_array_equal(s, after[0])  # the same vector everywhere
-            np.testing.assert_allclose(s, average, rtol=1e-12)  # two words a value
+            np.testing.assert_allclose(s, average, rtol=1e-12)  # five words a value
             check(s, statistics_of(ts[0]).layout)
         for t in ts:
             for k, v in expected.items():

@@ -16,10 +16,11 @@ So a member's model becomes one uint64 vector:
 Two formats: tensors use ``F = 32`` (|x| ≤ 2^30 ≈ 1.07e9, resolution 2^-32 ≈ 2.3e-10), one
 word a value. The statistics are sums over a member's rows, from a column's sum of squares
 (large) to the sums of a column of values around 10^-3 (small), and the consortium's means and
-deviations are ratios of them: they need range and relative precision both. So they take two
-words a value (``SplitFixedPoint``): a high word with ``F = 16`` (|x| ≤ 2^46 ≈ 7.0e13) and a low
-word with the next 32 bits, a resolution of 2^-48 ≈ 3.6e-15, about float64's at the scale of
-the values that matter.
+deviations are ratios of them: they need range and relative precision both (a company's
+column of revenues in the millions over a million rows has a sum of squares near 10^18; a
+column of rates near 10^-6 sums of squares near 10^-12 a row). So they take five words a value
+(``SplitFixedPoint``): a first word with ``F = -48`` (|x| ≤ 2^110 ≈ 1.3e33), then four of 32
+bits each, down to a resolution of 2^-80 ≈ 8.3e-25.
 
 Each member contributes ``weight · x``: its sample count over the group's total for tensors
 (the sum is then the sample-weighted average), ``1/g`` for statistics (sums are averaged
@@ -28,8 +29,8 @@ plainly, docs/protocol.md 7.8). The weights of a group sum to 1.
 Invariants:
 - Nothing is encoded that could make the group's sum wrap: every value must be finite and
   ``|x| ≤ bound = 2^(62−F)`` (``Contribution.of`` raises ``OutOfRange`` before any word is
-  made). With weights summing to 1 the sum is then within ``2^62 + g/2 < 2^63``; a low word is
-  below 2^32, so ``g ≤ 16`` of them sum below 2^36.
+  made). With weights summing to 1 the sum is then within ``2^62 + g/2 < 2^63``; a word after
+  a statistic's first is at most 2^32, so ``g ≤ 16`` of them sum below 2^37.
 - ``decode_sum`` refuses (``OutOfRange``) a sum beyond the bound: one that honest members
   cannot produce, so at least one of them broke the rule above.
 - Pure: numpy only; no randomness.
@@ -46,8 +47,9 @@ import numpy as np
 from gossiplearn.errors import GossipError, LocalProtocolError
 
 MODEL_FRACTION_BITS = 32
-STATS_FRACTION_BITS = 16
-STATS_EXTRA_BITS = 32  # the statistics' low word (SplitFixedPoint)
+STATS_FRACTION_BITS = -48  # the statistics' first word counts units of 2^48
+STATS_WORDS = 5  # then four words of 32 bits: down to 2^-80
+LOW_WORD_BITS = 32  # every word of a statistic after its first (SplitFixedPoint)
 WORD = np.dtype("<u8")  # a word on the wire: little-endian uint64
 
 
@@ -103,14 +105,16 @@ class FixedPoint:
 
 @dataclass(frozen=True, slots=True)
 class SplitFixedPoint:
-    """Two words a value: ``hi = floor(x · 2^F)`` as ``FixedPoint`` writes an int64, and
-    ``lo = round((x · 2^F − hi) · 2^E)`` in [0, 2^E], the next ``E`` bits. ``encode`` writes
-    the ``n`` high words, then the ``n`` low words; sums of both, modulo 2^64, decode to
-    ``Σhi / 2^F + Σlo / 2^(F+E)``. The range is ``FixedPoint(F)``'s, the resolution
-    ``2^-(F+E)``."""
+    """``words`` words a value: ``x`` rounded to the resolution ``2^-(F + 32 (words - 1))`` as
+    an integer, in two's complement, cut into a first word ``floor(x · 2^F)`` (an int64, as
+    ``FixedPoint`` writes one) and the following 32 bits each, in [0, 2^32). ``encode`` writes
+    the ``n`` first words, then the ``n`` second words, and so on; sums of each, modulo 2^64,
+    decode to ``Σ_j Σw_j · 2^-(F + 32j)``. The range is ``FixedPoint(F)``'s. Python integers
+    do the cutting and the joining: in float64, ``x · 2^F − floor(x · 2^F)`` for a small
+    negative ``x`` rounds to 1, and adding the words' floats back cancels bits."""
 
-    fraction_bits: int  # F, of the high word
-    extra_bits: int  # E, of the low word (at most 32: g ≤ 16 low words never wrap)
+    fraction_bits: int  # F, of the first word (negative: the first word counts 2^-F units)
+    words: int  # at least 2; the 32-bit words after the first never wrap for g ≤ 16 members
 
     @property
     def high(self) -> FixedPoint:
@@ -122,31 +126,55 @@ class SplitFixedPoint:
 
     @property
     def resolution(self) -> float:
-        """One step of the low word: an encoded value is within half of it of the true one."""
-        return 2.0 ** -(self.fraction_bits + self.extra_bits)
+        """One step of the last word: an encoded value is within half of it of the true one."""
+        return 2.0 ** -(self.fraction_bits + LOW_WORD_BITS * (self.words - 1))
 
     def check(self, values: np.ndarray, what: str) -> None:
         """Raise ``OutOfRange`` unless every value is finite and within ``bound``."""
         self.high.check(values, what)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
-        """The ``2n`` words of ``n`` float64 ``values`` that ``check`` accepted."""
-        scaled = np.asarray(values, dtype=np.float64) * 2.0**self.fraction_bits  # exact
-        hi = np.floor(scaled)
-        lo = np.rint((scaled - hi) * 2.0**self.extra_bits)  # both exact: lower mantissa bits
-        return np.concatenate([hi.astype(np.int64), lo.astype(np.int64)]).view(np.uint64)
+        """The ``words · n`` words of ``n`` float64 ``values`` that ``check`` accepted. Each
+        value becomes the integer ``round(x · 2^R)``, ``R = -F + ...`` the resolution's bits,
+        exactly (a float64 is a ratio of integers), then is cut into words from the last:
+        32 bits each, the rest (signed) in the first."""
+        shift = self.fraction_bits + LOW_WORD_BITS * (self.words - 1)
+        low = (1 << LOW_WORD_BITS) - 1
+        flat = np.asarray(values, dtype=np.float64).reshape(-1).tolist()
+        out = np.zeros((self.words, len(flat)), dtype=np.int64)
+        for i, x in enumerate(flat):
+            top, below = x.as_integer_ratio()  # below is a power of two
+            bits = below.bit_length() - 1
+            if bits <= shift:
+                whole = top << (shift - bits)
+            else:  # round half up to the resolution
+                cut = bits - shift
+                whole = (top + (1 << (cut - 1))) >> cut
+            for j in range(self.words - 1, 0, -1):
+                out[j, i] = whole & low
+                whole >>= LOW_WORD_BITS  # floor: a negative value's first word is negative
+            out[0, i] = whole
+        return out.reshape(-1).view(np.uint64)
 
     def decode(self, words: np.ndarray) -> np.ndarray:
-        """Float64 values of summed words (``2n`` of them: the high, then the low)."""
+        """Float64 values of summed words (``words · n`` of them, in ``encode``'s order): each
+        value's words are first combined exactly (as a Python integer: up to ~190 bits), then
+        rounded once to float64 (adding the words' floats would cancel and lose bits)."""
         signed = np.asarray(words, dtype=np.uint64).view(np.int64)
-        n = signed.size // 2
-        hi = signed[:n].astype(np.float64) / 2.0**self.fraction_bits
-        lo = signed[n:].astype(np.float64) / 2.0 ** (self.fraction_bits + self.extra_bits)
-        return hi + lo
+        n = signed.size // self.words
+        columns = [signed[j * n : (j + 1) * n].tolist() for j in range(self.words)]
+        scale = -(self.fraction_bits + LOW_WORD_BITS * (self.words - 1))
+        out = np.empty(n, dtype=np.float64)
+        for i in range(n):
+            total = 0
+            for column in columns:
+                total = (total << LOW_WORD_BITS) + column[i]
+            out[i] = math.ldexp(float(total), scale)
+        return out
 
 
 MODEL_FORMAT = FixedPoint(MODEL_FRACTION_BITS)
-STATS_FORMAT = SplitFixedPoint(STATS_FRACTION_BITS, STATS_EXTRA_BITS)
+STATS_FORMAT = SplitFixedPoint(STATS_FRACTION_BITS, STATS_WORDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +215,8 @@ class VectorLayout:
 
     @property
     def length(self) -> int:
-        """Words in the whole vector: the tensors, then two a statistic (``STATS_FORMAT``)."""
-        return self.model_length + 2 * (self.stats or 0)
+        """Words in the whole vector: the tensors, then ``STATS_FORMAT.words`` a statistic."""
+        return self.model_length + STATS_FORMAT.words * (self.stats or 0)
 
 
 @dataclass(frozen=True, slots=True)
