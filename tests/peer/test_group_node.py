@@ -206,6 +206,14 @@ async def test_a_round_gives_every_member_the_exact_sample_weighted_average(
         assert (lead["led"], lead["joined"], lead["last_size"]) == (1, 0, size)
         assert all(group_of(n)["joined"] == 1 for n in nodes[1:])
         assert all(not offences(n) for n in nodes)
+        # status counts the round with each partner: the leader with every member, a member
+        # with the leader (the one it talked to)
+        seen = {n["peer_id"]: n["exchanges"] for n in leader.status()["neighbours"]}
+        assert seen == {n.peer_id: 1 for n in nodes[1:]}
+        for node in nodes[1:]:
+            mine = {n["peer_id"]: n for n in node.status()["neighbours"]}
+            assert mine[leader.peer_id]["exchanges"] == 1
+            assert mine[leader.peer_id]["last_exchange"] is not None
         console = Console(width=200, record=True)
         console.print(render_status(leader.status()))
         rows = [r for r in console.export_text().splitlines() if r.startswith("groups")]

@@ -312,7 +312,7 @@ class GroupDriver:
         if applied.clipped:
             self.stats.group.clipped += 1
             log.info("clipped the average of a group of %d: %s", result.size, applied.clipped)
-        self.stats.record_group(result.size, measures.relative_distance, time.time())
+        self.stats.record_group(result.size, partners, measures.relative_distance, time.time())
         now = trio.current_time()
         for peer in partners:
             self.view.success(peer, now)

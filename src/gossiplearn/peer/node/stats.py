@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -97,11 +98,17 @@ class NodeStats:
         if consensus and math.isfinite(distance):
             self.consensus.append((now, distance))
 
-    def record_group(self, size: int, distance: float, now: float) -> None:
+    def record_group(self, size: int, partners: Iterable[str], distance: float, now: float) -> None:
         """Count a merged group round of ``size`` members at unix time ``now``; ``distance``
-        (ours to the average, relative) joins the consensus history."""
+        (ours to the average, relative) joins the consensus history. Each of our ``partners``
+        in it counts the round as an exchange with us (last exchange, exchanges: what status
+        shows of a neighbour); a group round tells nothing of their accuracy or distance."""
         self.group.completed += 1
         self.group.last_size = size
+        for peer in partners:
+            n = self.neighbours.setdefault(peer, NeighbourStats(peer))
+            n.last_exchange = now
+            n.exchanges += 1
         if math.isfinite(distance):
             self.consensus.append((now, distance))
 
