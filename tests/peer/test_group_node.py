@@ -51,7 +51,7 @@ from gossiplearn.peer.home.config import GossipConfig, SecurityConfig, TrainingC
 from gossiplearn.peer.home.resume import node_state, resume_node
 from gossiplearn.peer.learning.state import TrainerState
 from gossiplearn.peer.net.framed import FramedStream
-from gossiplearn.peer.net.transport import MemoryNetwork, MemoryTransport, Stream
+from gossiplearn.peer.net.transport import MemoryNetwork, MemoryTransport, Stream, Transport
 from gossiplearn.peer.node.config import GroupSettings
 from gossiplearn.peer.node.exchanges import GROUPS_ONLY
 from gossiplearn.peer.node.group import GroupOutcome
@@ -263,7 +263,7 @@ class RawMember:
 
     def __init__(
         self,
-        transport: MemoryTransport,
+        transport: Transport,
         identity: Identity,
         *,
         drop_at: str = "",
