@@ -54,6 +54,7 @@ def benchmarks() -> list[tuple[str, str, Callable[[], Section | list[Section]]]]
         ("demo", "demo accuracy", demo_section),
         ("hostile", "hostile member", hostile),
         ("own_data", "own data (task contracts)", bench("own_data")),
+        ("secure_averaging", "secure averaging", bench("secure_averaging")),
         ("privacy", "differential privacy", bench("privacy")),
     ]
 

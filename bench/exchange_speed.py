@@ -7,12 +7,14 @@ link, one each way, concurrently).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import trio
@@ -24,7 +26,8 @@ from gossiplearn.gossip.exchange import Outcome
 from gossiplearn.gossip.messages import PeerRecord
 from gossiplearn.peer.home.config import GossipConfig, TrainingConfig
 from gossiplearn.peer.net.host import Libp2pTransport
-from gossiplearn.peer.node.node import EXCHANGE_PROTOCOL, Node, NodeConfig
+from gossiplearn.peer.node.config import GroupSettings
+from gossiplearn.peer.node.node import EXCHANGE_PROTOCOL, GROUP_PROTOCOL, Node, NodeConfig
 from gossiplearn.peer.sim import VectorLearner
 
 SIZES = (1_000_000, 10_000_000, 50_000_000)
@@ -38,15 +41,29 @@ LISTEN = ["/ip4/127.0.0.1/tcp/0"]
 COMPRESSED = ("fp16", "int8")  # also measured, two processes, sizes from 10M
 
 
-def _node(transport: Libp2pTransport, params: int, seed: int, compression: str = "none") -> Node:
+def _node(
+    transport: Libp2pTransport,
+    params: int,
+    seed: int,
+    compression: str = "none",
+    *,
+    group: int = 0,
+    identity: Identity | None = None,
+) -> Node:
+    """A node with a float32 model of ``params`` N(0, 1) values that answers exchanges, or,
+    with ``group`` (a size) and its ``identity``, averages in secure groups of that size and
+    answers group invites instead (bench/secure_averaging.py)."""
     rng = np.random.default_rng(seed)
     config = NodeConfig(
         gossip=GossipConfig(exchange_timeout=300.0, compression=compression),
         training=TrainingConfig(enabled=False),
+        group=GroupSettings(enabled=group > 0, size=group or GroupSettings().size),
     )
     node = Node(transport, VectorLearner({"w": rng.normal(size=params).astype(np.float32)}, 1),
-                config)  # fmt: skip
+                config, identity=identity)  # fmt: skip
     transport.set_handler(EXCHANGE_PROTOCOL, node.exchanges.on_stream)
+    if group:
+        transport.set_handler(GROUP_PROTOCOL, node.groups.on_stream)
     return node
 
 
@@ -99,23 +116,46 @@ async def _exchange(params: int, processes: bool, compression: str = "none") -> 
                 peer = await ta.connect(tb.addrs()[0])
                 a.view.learn(PeerRecord(peer, tuple(tb.addrs())), trio.current_time())
                 return await _timed_exchanges(a, peer)
-        serve = [
-            sys.executable, "-m", "bench.exchange_speed", "--serve", str(params), compression
-        ]  # fmt: skip
-        proc = await trio.lowlevel.open_process(serve, stdout=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(4096)
-                if not chunk:
-                    raise RuntimeError("the responder process ended before printing its address")
-                line += chunk
-            addr = line.decode().strip()
+        serve = ["-m", "bench.exchange_speed", "--serve", str(params), compression]
+        async with responder(serve) as (addr, _):
             peer = await ta.connect(addr)
             a.view.learn(PeerRecord(peer, (addr,)), trio.current_time())
             return await _timed_exchanges(a, peer)
-        finally:
+
+
+@contextlib.asynccontextmanager
+async def responder(args: list[str]) -> AsyncIterator[tuple[str, trio.abc.ReceiveStream]]:
+    """A peer in a process of its own, ``python args…``, which prints its address as its first
+    line: (that address, the rest of its stdout). Killed on exit."""
+    async with responders([args]) as (only,):
+        yield only
+
+
+@contextlib.asynccontextmanager
+async def responders(
+    commands: list[list[str]],
+) -> AsyncIterator[list[tuple[str, trio.abc.ReceiveStream]]]:
+    """``responder`` for several processes, all started at once (each imports torch and
+    libp2p: seconds)."""
+    procs: list[trio.Process] = []
+    try:
+        for args in commands:
+            procs.append(
+                await trio.lowlevel.open_process([sys.executable, *args], stdout=subprocess.PIPE)
+            )
+        found: list[tuple[str, trio.abc.ReceiveStream]] = []
+        for proc in procs:
+            assert proc.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)  # no further: the rest is the caller's
+                if not chunk:
+                    raise RuntimeError("a responder process ended before printing its address")
+                line += chunk
+            found.append((line.decode().strip(), proc.stdout))
+        yield found
+    finally:
+        for proc in procs:
             proc.kill()
             await proc.wait()
             if proc.stdout is not None:

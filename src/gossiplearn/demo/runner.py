@@ -311,6 +311,11 @@ def _summarise(
         for st in final
         if st and st.get("consensus_distance_mean10") is not None
     ]
+    groups = [st["exchanges"]["group"]["completed"] for st in final if st]
+    abandoned: Counter[str] = Counter()
+    for st in final:
+        if st:
+            abandoned.update(st["exchanges"]["group"]["abandoned"])
     refused: Counter[str] = Counter()
     for st in final:
         if st:
@@ -330,6 +335,9 @@ def _summarise(
         "centralised": central,
         "steps_per_peer": statistics.fmean(steps),
         "exchanges_per_peer": statistics.fmean(exchanges) if exchanges else 0.0,
+        # secure averaging: group rounds merged (led or joined), and rounds ended unmerged
+        "group_rounds_per_peer": statistics.fmean(groups) if groups else 0.0,
+        "group_abandoned": dict(abandoned),
         "traffic_per_peer": statistics.fmean(
             st["bytes_sent"] + st["bytes_received"] for st in final if st
         )
