@@ -30,6 +30,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.security.exceptions import HandshakeFailure
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 ADDR_TTL = 3600  # seconds a learnt address stays in libp2p's peerstore
 PENDING_CONTROL_FRAMES = 1024  # frames the yamux reader may queue before it waits to write
+# A frame, once begun, is written whole whatever cancels its writer; if it cannot leave within
+# this many seconds (the remote reads nothing), the connection is closed.
+FRAME_WRITE_DEADLINE = 10.0
 
 
 class _RootNoise(logging.Filter):
@@ -104,7 +108,8 @@ class _GatedNoise(NoiseTransport):
 
 
 class _Yamux(Yamux):
-    """py-libp2p 0.8.1's yamux, except that its reader never waits to write.
+    """py-libp2p 0.8.1's yamux, except that its reader never waits to write, and a frame is
+    never cut.
 
     Upstream, the task that reads the connection answers a ping (and acknowledges a new stream)
     inline, under the connection's write lock. When both sides send a large message at once
@@ -113,6 +118,12 @@ class _Yamux(Yamux):
     connection deadlocks for good (docs/libp2p-notes.md, section 13). Here the frames the reader
     writes are queued (in order) and written by a task of their own; any other write takes the
     queue first, so a stream's acknowledgement still precedes its data.
+
+    Upstream, a writer cancelled in the middle of a frame leaves it cut, or, with a consortium
+    key, encrypted but unsent (the private-network layer's keystream has moved on): the remote
+    then reads garbage and every stream on the connection stalls (section 14). Here a frame,
+    once its writer holds the lock, is written whole under a shield, within
+    ``FRAME_WRITE_DEADLINE``; past it the connection is closed.
     """
 
     def __init__(
@@ -140,18 +151,35 @@ class _Yamux(Yamux):
                 self._nursery.start_soon(self._flush)
             return
         async with self._write_lock:
-            await self._write_pending()
-            await self.secured_conn.write(data)
-        await trio.lowlevel.checkpoint()
+            await self._write_whole([*self._take_pending(), data])
+        await trio.lowlevel.checkpoint()  # a cancellation of the caller lands here
 
-    async def _write_pending(self) -> None:
-        while self._pending:
-            await self.secured_conn.write(self._pending.popleft())
+    def _take_pending(self) -> list[bytes]:
+        frames = list(self._pending)
+        self._pending.clear()
+        return frames
+
+    async def _write_whole(self, frames: list[bytes]) -> None:
+        """Write ``frames`` (under the write lock) to the end, shielded from the caller's
+        cancellation; close the connection if they cannot leave within the deadline."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(FRAME_WRITE_DEADLINE):
+                for frame in frames:
+                    await self.secured_conn.write(frame)
+                return
+            log.warning(
+                "closing the connection to %s: a frame could not be written in %.0f s",
+                self.peer_id,
+                FRAME_WRITE_DEADLINE,
+            )
+            with trio.move_on_after(2):
+                await self.secured_conn.close()
+        raise RawConnError(f"writing to {self.peer_id} stalled; connection closed")
 
     async def _flush(self) -> None:
         try:
             async with self._write_lock:
-                await self._write_pending()
+                await self._write_whole(self._take_pending())
         except Exception:  # the connection broke; its reader finds out itself
             log.debug("yamux control frames to %s not written", self.peer_id, exc_info=True)
             self._pending.clear()
