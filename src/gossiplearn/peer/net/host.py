@@ -1,4 +1,4 @@
-"""The libp2p transport: the only module that imports libp2p.
+"""The libp2p transport: with ``muxer`` (our yamux), the only module that imports libp2p.
 
 The host is built with Noise (XX, Ed25519 identities) as its only security protocol and yamux
 as its only muxer: py-libp2p's default host also offers plaintext, which lets a dialer claim any
@@ -16,44 +16,36 @@ takes the whole host down.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, IMuxedConn, INetStream, IRawConnection, ISecureConn
+from libp2p.abc import IHost, INetStream, IRawConnection, ISecureConn
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
-from libp2p.network.connection.exceptions import RawConnError
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.security.exceptions import HandshakeFailure
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from gossiplearn.crypto.consortium import ConsortiumKey
 from gossiplearn.crypto.identity import Identity
 from gossiplearn.errors import TransportError, UserError
 from gossiplearn.peer.net.addresses import check_ports_free, parse_address
+from gossiplearn.peer.net.muxer import GuardedYamux, install_muxer
 from gossiplearn.peer.net.transport import Gate, Handler, Stream, open_gate
 
 log = logging.getLogger(__name__)
 
 ADDR_TTL = 3600  # seconds a learnt address stays in libp2p's peerstore
-PENDING_CONTROL_FRAMES = 1024  # frames the yamux reader may queue before it waits to write
-# A frame, once begun, is written whole whatever cancels its writer; if it cannot leave within
-# this many seconds (the remote reads nothing), the connection is closed.
-FRAME_WRITE_DEADLINE = 10.0
 
 
 class _RootNoise(logging.Filter):
@@ -105,110 +97,6 @@ class _GatedNoise(NoiseTransport):
             except Exception:
                 log.debug("closing refused connection from %s failed", remote, exc_info=True)
         raise HandshakeFailure(f"peer {remote} refused: {reason}")
-
-
-class _Yamux(Yamux):
-    """py-libp2p 0.8.1's yamux, except that its reader never waits to write, and a frame is
-    never cut.
-
-    Upstream, the task that reads the connection answers a ping (and acknowledges a new stream)
-    inline, under the connection's write lock. When both sides send a large message at once
-    and both receive a ping (each side pings 0.5 s after connecting, then every 30 s), each
-    reader waits for a lock held by a writer that waits for the other side's reader: the
-    connection deadlocks for good (docs/libp2p-notes.md, section 13). Here the frames the reader
-    writes are queued (in order) and written by a task of their own; any other write takes the
-    queue first, so a stream's acknowledgement still precedes its data.
-
-    Upstream, a writer cancelled in the middle of a frame leaves it cut, or, with a consortium
-    key, encrypted but unsent (the private-network layer's keystream has moved on): the remote
-    then reads garbage and every stream on the connection stalls (section 14). Here a frame,
-    once its writer holds the lock, is written whole under a shield, within
-    ``FRAME_WRITE_DEADLINE``; past it the connection is closed.
-    """
-
-    def __init__(
-        self,
-        secured_conn: ISecureConn,
-        peer_id: ID,
-        is_initiator: bool | None = None,
-        on_close: Callable[[], Awaitable[Any]] | None = None,
-    ) -> None:
-        super().__init__(secured_conn, peer_id, is_initiator, on_close)
-        self._reader: trio.lowlevel.Task | None = None
-        self._pending: deque[bytes] = deque()
-        self._flushing = False
-
-    async def handle_incoming(self) -> None:
-        self._reader = trio.lowlevel.current_task()
-        await super().handle_incoming()
-
-    async def _write_frame(self, data: bytes) -> None:
-        reader = trio.lowlevel.current_task() is self._reader
-        if reader and self._nursery is not None and len(self._pending) < PENDING_CONTROL_FRAMES:
-            self._pending.append(data)
-            if not self._flushing:
-                self._flushing = True
-                self._nursery.start_soon(self._flush)
-            return
-        async with self._write_lock:
-            await self._write_whole([*self._take_pending(), data])
-        await trio.lowlevel.checkpoint()  # a cancellation of the caller lands here
-
-    def _take_pending(self) -> list[bytes]:
-        frames = list(self._pending)
-        self._pending.clear()
-        return frames
-
-    async def _write_whole(self, frames: list[bytes]) -> None:
-        """Write ``frames`` (under the write lock) to the end, shielded from the caller's
-        cancellation; close the connection if they cannot leave within the deadline."""
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(FRAME_WRITE_DEADLINE):
-                for frame in frames:
-                    await self.secured_conn.write(frame)
-                return
-            log.warning(
-                "closing the connection to %s: a frame could not be written in %.0f s",
-                self.peer_id,
-                FRAME_WRITE_DEADLINE,
-            )
-            with trio.move_on_after(2):
-                await self.secured_conn.close()
-        raise RawConnError(f"writing to {self.peer_id} stalled; connection closed")
-
-    async def _flush(self) -> None:
-        try:
-            async with self._write_lock:
-                await self._write_whole(self._take_pending())
-        except Exception:  # the connection broke; its reader finds out itself
-            log.debug("yamux control frames to %s not written", self.peer_id, exc_info=True)
-            self._pending.clear()
-        finally:
-            self._flushing = False
-
-
-class _Muxers(MuxerMultistream):
-    """Negotiates the muxer as upstream does, then builds our ``_Yamux``: py-libp2p 0.8.1 builds
-    its own ``Yamux`` for ``/yamux/1.0.0`` whatever class ``muxer_opt`` names."""
-
-    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
-        protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
-        if protocol != YAMUX_PROTOCOL_ID:  # we offer nothing else
-            raise HandshakeFailure(f"peer {peer_id} negotiated muxer {protocol}, not yamux")
-        muxed = _Yamux(conn, peer_id, is_initiator=conn.is_initiator)
-        return self._annotate_connection(muxed, conn, protocol)
-
-
-def _install_muxer(host: IHost) -> None:
-    """Make ``host`` build ``_Yamux`` connections (see ``_Muxers``)."""
-    upgrader = host.get_network().upgrader  # type: ignore[attr-defined]
-    current = upgrader.muxer_multistream
-    if type(current) is not MuxerMultistream:  # a py-libp2p upgrade moved things: say so
-        raise RuntimeError(f"unexpected libp2p muxer negotiation {type(current)!r}")
-    upgrader.muxer_multistream = _Muxers(
-        {YAMUX_PROTOCOL_ID: _Yamux},  # type: ignore[dict-item]
-        current.negotiate_timeout,
-    )
 
 
 class _GateHolder:
@@ -317,7 +205,7 @@ class Libp2pTransport:
         host = new_host(
             key_pair=kp,
             sec_opt={NOISE_PROTOCOL_ID: _GatedNoise(kp, holder)},
-            muxer_opt={YAMUX_PROTOCOL_ID: _Yamux},  # type: ignore[dict-item]
+            muxer_opt={YAMUX_PROTOCOL_ID: GuardedYamux},  # type: ignore[dict-item]
             psk=consortium_key.hex if consortium_key is not None else None,
             listen_addrs=addrs,
             connection_config=ConnectionConfig(
@@ -328,7 +216,7 @@ class Libp2pTransport:
         )
         if str(host.get_id()) != identity.peer_id:  # our derivation must match libp2p's
             raise AssertionError("peer ID derivation disagrees with libp2p")
-        _install_muxer(host)
+        install_muxer(host)
         try:
             async with host.run(listen_addrs=addrs):
                 transport = cls(host, dial_timeout, holder)

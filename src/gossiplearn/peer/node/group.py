@@ -51,7 +51,6 @@ from gossiplearn.gossip.group_messages import (
     GroupKeys,
     GroupMessage,
     GroupStatsSum,
-    GroupSum,
     words_limits,
 )
 from gossiplearn.gossip.group_rules import GroupRefused, layout_of, stats_layout_of
@@ -60,7 +59,7 @@ from gossiplearn.peer.net.framed import offload
 from gossiplearn.peer.net.transport import Stream
 from gossiplearn.peer.node.config import GroupSettings
 from gossiplearn.peer.node.exchanges import ExchangeDriver
-from gossiplearn.peer.node.group_links import Link, Stopped, each, leader_abort
+from gossiplearn.peer.node.group_links import Link, Stopped, each, encode_offloaded, leader_abort
 from gossiplearn.peer.node.group_member import CONTROL, WHAT, GroupMember
 from gossiplearn.peer.node.limits import transfer_timeout
 
@@ -208,11 +207,11 @@ class GroupDriver:
             with trio.CancelScope(shield=True), trio.fail_after(wait):
                 await links[peer].send(msg)
 
-        async def send_sum(peer: str, msg: GroupSum) -> None:
+        async def send_sum(peer: str, body: bytes) -> None:
             """Best-effort: a member that misses the sum ends unmerged; we merge all the same."""
             try:
                 with trio.fail_after(self.transfer_timeout):
-                    await links[peer].send(msg)
+                    await links[peer].send_body(body)
             except (TransportError, trio.TooSlowError) as exc:
                 log.info("the group's sum did not reach %s: %r", peer, exc)
 
@@ -235,9 +234,10 @@ class GroupDriver:
                 await each(members, share)
             done = out.pop()
             assert isinstance(done, Completed)
+            body = await encode_offloaded(done.sum)  # once, the same bytes to every member
             async with trio.open_nursery() as nursery:  # each on its own: see send_sum
                 for peer in members:
-                    nursery.start_soon(send_sum, peer, done.sum)
+                    nursery.start_soon(send_sum, peer, body)
         except Stopped as stop:
             reason = await self._settle(stop, rnd, joined=joined)
             abort = stop.abort or leader_abort(rnd, reason)

@@ -50,8 +50,11 @@ class Link:
 
     async def send(self, msg: GroupMessage) -> None:
         """Raises ``TransportError``."""
-        size = msg.words.nbytes if isinstance(msg, GroupShare | GroupSum) else 0
-        body = await offload(size, encode, msg)
+        await self.send_body(await encode_offloaded(msg))
+
+    async def send_body(self, body: bytes) -> None:
+        """Send a message ``encode_offloaded`` made (one body may go to every member).
+        Raises ``TransportError``."""
         self.whole = False
         await self.framed.send_body(body)
         self.whole = True
@@ -94,6 +97,12 @@ class Stopped(Exception):
         self.peers = peers
         self.exc = exc
         self.abort = abort
+
+
+async def encode_offloaded(msg: GroupMessage) -> bytes:
+    """``msg``'s frame body; a big one encoded in a thread."""
+    size = msg.words.nbytes if isinstance(msg, GroupShare | GroupSum) else 0
+    return await offload(size, encode, msg)
 
 
 async def each(peers: Sequence[str], step: Callable[[str], Awaitable[None]]) -> None:
