@@ -39,7 +39,13 @@ from gossiplearn.crypto.masking import (
     KeyAnnouncement,
 )
 from gossiplearn.errors import DecodeError
-from gossiplearn.gossip.messages import DECLINE_REASONS, MAX_DIGEST, PROTOCOL_VERSION
+from gossiplearn.gossip.messages import (
+    DECLINE_REASONS,
+    MAX_DIGEST,
+    PROTOCOL_VERSION,
+    check_version,
+    decode_frame,
+)
 
 MIN_GROUP = 3  # with two members, each would learn the other's model from the sum
 MAX_GROUP = 16
@@ -198,36 +204,17 @@ def encode(msg: GroupMessage) -> bytes:
 def decode(frame: bytes, *, limits: GroupLimits) -> GroupMessage:
     """Parse one frame body. Raises ``DecodeError``, and only ``DecodeError``, on anything
     invalid."""
-    if len(frame) > limits.max_frame:
-        raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
-    try:
-        body = msgpack.unpackb(
-            frame,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_bin_len=limits.max_frame,
-            max_str_len=max(limits.max_text, limits.max_name),
-            max_array_len=max(limits.max_group, 4),
-            max_map_len=16,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # noqa: BLE001 - msgpack raises many types; all mean "invalid"
-        raise DecodeError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
-    try:
-        return _decode_body(body, limits)
-    except DecodeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - defence in depth: nothing but DecodeError leaves
-        raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
+    return decode_frame(
+        frame,
+        max_frame=limits.max_frame,
+        max_str=max(limits.max_text, limits.max_name),
+        max_array=max(limits.max_group, 4),
+        parse=lambda body: _decode_body(body, limits),
+    )
 
 
 def _decode_body(body: Any, limits: GroupLimits) -> GroupMessage:
-    if not isinstance(body, dict):
-        raise DecodeError("message is not a map")
-    version = body.get("v")
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported protocol version {version!r} (we speak {PROTOCOL_VERSION})")
+    body = check_version(body)
     kind = body.get("t")
     if kind not in _KINDS:
         raise DecodeError(f"unknown group message type {kind!r}")

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
 
 from gossiplearn.errors import DecodeError
+
+T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 
@@ -251,36 +253,57 @@ def decode(frame: bytes, *, limits: Limits) -> Message:
 
     Raises ``DecodeError``, and only ``DecodeError``, on anything invalid.
     """
-    if len(frame) > limits.max_frame:
-        raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
+    return decode_frame(
+        frame,
+        max_frame=limits.max_frame,
+        max_str=max(limits.max_text, limits.max_name),
+        max_array=max(limits.max_tensors, limits.max_peers, limits.max_addrs, 4),
+        parse=lambda body: _decode_body(body, limits),
+    )
+
+
+def decode_frame(
+    frame: bytes, *, max_frame: int, max_str: int, max_array: int, parse: Callable[[Any], T]
+) -> T:
+    """The envelope of every codec of ours: ``frame`` within ``max_frame`` bytes, msgpack with
+    bounded containers (no ext types, maps of at most 16 keys), then ``parse`` of the map.
+    Raises ``DecodeError``, and only ``DecodeError``, on anything invalid."""
+    if len(frame) > max_frame:
+        raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {max_frame}")
     try:
         body = msgpack.unpackb(
             frame,
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_bin_len=limits.max_frame,
-            max_str_len=max(limits.max_text, limits.max_name),
-            max_array_len=max(limits.max_tensors, limits.max_peers, limits.max_addrs, 4),
+            max_bin_len=max_frame,
+            max_str_len=max_str,
+            max_array_len=max_array,
             max_map_len=16,
             max_ext_len=0,
         )
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types; all mean "invalid"
         raise DecodeError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
     try:
-        return _decode_body(body, limits)
+        return parse(body)
     except DecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - defence in depth: nothing but DecodeError leaves
         raise DecodeError(f"malformed message: {type(exc).__name__}: {exc}") from None
 
 
-def _decode_body(body: Any, limits: Limits) -> Message:
+def check_version(body: Any) -> dict[str, Any]:
+    """``body`` as a message map of our protocol version; raises ``DecodeError``."""
     if not isinstance(body, dict):
         raise DecodeError("message is not a map")
     version = body.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {version!r} (we speak {PROTOCOL_VERSION})")
+    return body
+
+
+def _decode_body(body: Any, limits: Limits) -> Message:
+    body = check_version(body)
     kind = body.get("t")
     if kind == "propose":
         return Propose(
