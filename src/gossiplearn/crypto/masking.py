@@ -160,13 +160,21 @@ def pair_seed(
     return hkdf.derive(shared)
 
 
+KEYSTREAM_CHUNK = 1 << 20  # bytes of keystream made at a time
+
+
 def mask_words(seed: bytes, length: int) -> np.ndarray:
     """``length`` uint64 words of the ChaCha20 keystream under ``seed`` (little-endian)."""
     if len(seed) != SEED_BYTES:
         raise LocalProtocolError(f"a seed is {SEED_BYTES} bytes")
     encryptor = Cipher(algorithms.ChaCha20(seed, CHACHA_NONCE), mode=None).encryptor()
-    stream = encryptor.update(bytes(length * WORD.itemsize))
-    return np.frombuffer(stream, dtype=WORD).astype(np.uint64)
+    words = np.empty(length, dtype=WORD)
+    out = words.view(np.uint8)
+    zeros = bytes(min(KEYSTREAM_CHUNK, out.size))  # the keystream is ChaCha20 of zeros
+    for start in range(0, out.size, KEYSTREAM_CHUNK):
+        n = min(KEYSTREAM_CHUNK, out.size - start)  # written in place: no vector-sized copies
+        out[start : start + n] = np.frombuffer(encryptor.update(zeros[:n]), dtype=np.uint8)
+    return words.astype(np.uint64, copy=False)  # a no-op on little-endian machines
 
 
 def apply_masks(words: np.ndarray, ours: str, seeds: Mapping[str, bytes]) -> np.ndarray:
