@@ -35,7 +35,7 @@ from gossiplearn.peer.home.checkpoint import (
 from gossiplearn.peer.home.config import TrainingConfig
 from gossiplearn.peer.home.home import Home
 from gossiplearn.peer.home.modelfile import MODEL_FILE_NAME
-from gossiplearn.peer.home.resume import resume, save_model_file
+from gossiplearn.peer.home.resume import Checkpointer, resume, save_model_file
 from gossiplearn.peer.learning.state import TrainerState
 from gossiplearn.peer.learning.trainer import Trainer
 from gossiplearn.tasks.base import Task, TaskOptions
@@ -358,3 +358,13 @@ def test_the_cosine_schedule_decays_to_zero_at_max_steps(task: Task) -> None:
     assert cosine.optimizer.param_groups[0]["lr"] == cosine.learning_rate(24)  # the last step's
     constant = Trainer(task, replace(CONFIG, max_steps=100), seed=1)
     assert constant.learning_rate(0) == constant.learning_rate(99) == base
+
+
+def test_the_status_says_what_the_resumed_checkpoint_counted(tmp_path: Path, task: Task) -> None:
+    cp = small_checkpoint()
+    cp = replace(cp, node=replace(cp.node, group=GroupCounters(led=2, joined=4, completed=5)))
+    checkpointer = Checkpointer(Home(tmp_path), Trainer(task, CONFIG), 30.0, resumed=cp)
+    status = checkpointer.status()
+    resumed = status["resumed"]
+    assert (resumed["steps"], resumed["exchanges"], resumed["group_rounds"]) == (7, 3, 5)
+    assert status["time"] is None and status["group_rounds"] is None  # none written yet

@@ -191,10 +191,17 @@ class Checkpointer:
 
 def _summary(cp: Checkpoint | None) -> dict[str, Any]:
     if cp is None:
-        return {"time": None, "steps": None, "samples_seen": None, "exchanges": None}
+        return {
+            "time": None,
+            "steps": None,
+            "samples_seen": None,
+            "exchanges": None,
+            "group_rounds": None,
+        }
     return {
         "time": cp.created,
         "steps": cp.trainer.steps,
         "samples_seen": cp.trainer.samples_seen,
-        "exchanges": cp.node.counters.completed,
+        "exchanges": cp.node.counters.completed,  # pairwise
+        "group_rounds": cp.node.group.completed,  # secure group rounds merged
     }
