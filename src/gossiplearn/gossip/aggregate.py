@@ -59,10 +59,13 @@ def average(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     return (np.asarray(ours, dtype=np.float64) + np.asarray(theirs, dtype=np.float64)) / 2.0
 
 
-def check(vector: np.ndarray, layout: SumsLayout) -> np.ndarray:
+def check(vector: np.ndarray, layout: SumsLayout, *, error: float = 0.0) -> np.ndarray:
     """``vector`` as float64 if it is a valid set of sums for ``layout``; raises
     ``BadStatistics`` otherwise (wrong size, non-finite, a negative count, a sum of squares
-    below what its sum requires)."""
+    below what its sum requires). ``error``: how far each entry may be from the true value
+    (fixed-point rounding, ``check_sum``); the moments' consistency is loosened by what that
+    can do to ``sum² ≤ count · sum of squares``, counts are not (non-negative values round to
+    non-negative words, whose sum cannot go below 0)."""
     v = np.asarray(vector, dtype=np.float64)
     if v.shape != (layout.size,):
         raise BadStatistics(f"{v.size} statistics, ours has {layout.size}")
@@ -75,8 +78,10 @@ def check(vector: np.ndarray, layout: SumsLayout) -> np.ndarray:
         count, total, squares = v[c], v[s], v[q]
         if count < 0 or squares < 0:
             raise BadStatistics(f"count or sum of squares at {c} is negative")
-        # Cauchy-Schwarz: sum² <= count · sum of squares (with rounding slack)
-        if total * total > count * squares * (1 + TOLERANCE) + TOLERANCE:
+        # Cauchy-Schwarz: sum² <= count · sum of squares, with float rounding's slack and
+        # (|t| + e)² - (c - e)(q - e) ≤ e (2|t| + c + q): how far an error e can push the sides
+        slack = error * (2 * abs(total) + count + squares + 4 * error)
+        if total * total > count * squares * (1 + TOLERANCE) + TOLERANCE + slack:
             raise BadStatistics(f"sums at {c} are inconsistent (sum² > count · squares)")
     return v
 
@@ -84,30 +89,13 @@ def check(vector: np.ndarray, layout: SumsLayout) -> np.ndarray:
 def check_sum(vector: np.ndarray, layout: SumsLayout, *, error: float) -> np.ndarray:
     """A secure group's average statistics (``gossip.group``), decoded from fixed point with
     each entry within ``error`` of the true average, as a valid set of sums; raises
-    ``BadStatistics`` for one that honest members cannot produce.
-
-    The checks are those of ``check``, with the moments' consistency loosened by what rounding
-    of ``error`` per entry can do to ``sum² ≤ count · sum of squares``; counts are not loosened
-    (non-negative values round to non-negative words, whose sum cannot go below 0). A sum of
-    squares that rounding left just below what its sum requires is then raised to it, so the
-    result passes ``check`` (and every member, decoding the same words, holds the same one)."""
-    v = np.asarray(vector, dtype=np.float64)
-    if v.shape != (layout.size,):
-        raise BadStatistics(f"{v.size} statistics, ours has {layout.size}")
-    if not np.isfinite(v).all():
-        raise BadStatistics("statistics hold NaN or Inf")
-    v = v.copy()
-    for i in layout.counts:
-        if v[i] < 0:
-            raise BadStatistics(f"count at {i} is negative")
+    ``BadStatistics`` for one that honest members cannot produce (``check`` with ``error``).
+    A sum of squares that rounding left just below what its sum requires is then raised to it,
+    so the result passes ``check`` as it stands (and every member, decoding the same words,
+    holds the same one)."""
+    v = check(vector, layout, error=error).copy()
     for c, s, q in layout.moments:
         count, total, squares = v[c], v[s], v[q]
-        if count < 0 or squares < 0:
-            raise BadStatistics(f"count or sum of squares at {c} is negative")
-        # (|t| + e)² - (c - e)(q - e) ≤ e (2|t| + c + q): how far rounding can push the sides
-        slack = error * (2 * abs(total) + count + squares + 4 * error)
-        if total * total > count * squares * (1 + TOLERANCE) + TOLERANCE + slack:
-            raise BadStatistics(f"sums at {c} are inconsistent (sum² > count · squares)")
         if total * total > count * squares:
             if count > 0:
                 v[q] = total * total / count
